@@ -1,0 +1,102 @@
+"""Models: invertible downsampling, schedules, module splits, aux heads, the kinetic term."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench import Config
+from workbench.config import ARCHS, accelerated_positions
+from workbench.models import BasicBlock, InvertibleDownsampling, TrunkModule, build_model
+from workbench.regularizers import kinetic_weight
+
+
+def test_invertible_downsampling_is_exactly_invertible():
+    x = torch.randn(3, 5, 16, 12)
+    psi = InvertibleDownsampling()
+    y = psi(x)
+    assert y.shape == (3, 20, 8, 6)
+    assert torch.equal(psi.inverse(y), x)  # bit-exact: a permutation of the entries
+    assert torch.equal(torch.sort(y.flatten())[0], torch.sort(x.flatten())[0])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("downsampling", ["auto", "invertible", "maxpool", "avgpool", "stride"])
+def test_every_arch_and_downsampling_gives_per_module_predictions(arch, downsampling):
+    n_modules = 3 if arch != "greedy-cnn" else 4
+    config = Config(arch=arch, downsampling=downsampling, n_modules=n_modules, width=8,
+                    dataset="cifar10")
+    model = build_model(config)
+    logits = model.per_module_logits(torch.randn(2, 3, 32, 32))
+    assert len(logits) == n_modules
+    assert all(z.shape == (2, 10) for z in logits)
+
+
+def test_downsampling_positions_halve_spatial_size_and_double_width():
+    config = Config(arch="greedy-cnn", n_modules=5, width=16, schedule="1,3",
+                    downsampling="invertible", dataset="cifar10")
+    model = build_model(config)
+    x = torch.randn(2, 3, 32, 32)
+    shapes = []
+    for module in model.trunk:
+        x = module(x)
+        shapes.append(tuple(x.shape[1:]))
+    # psi on the raw image keeps the first width; later downsamplings double it
+    assert shapes == [(16, 16, 16), (16, 16, 16), (32, 8, 8), (32, 8, 8), (32, 8, 8)]
+
+
+def test_belilovsky_k3_widths_match_the_paper():
+    from workbench import preset
+
+    model = build_model(preset("belilovsky-k3-cifar10"))
+    widths = [m[0].conv.out_channels for m in model.trunk]
+    assert widths == [128, 128, 256, 256]
+
+
+def test_accelerated_schedule_moves_downsampling_toward_the_input():
+    assert accelerated_positions([6, 11]) == [3, 6]
+    assert accelerated_positions([2, 3, 5, 7]) == [1, 2, 3, 4]
+    standard = Config(arch="resnet32", dataset="cifar10").downsampling_positions()
+    accelerated = Config(arch="resnet32", dataset="cifar10", schedule="accelerated")
+    assert standard == [6, 11]
+    assert accelerated.downsampling_positions() == [3, 6]
+
+
+def test_resnet_blocks_are_shared_out_in_order_with_the_stem_first():
+    model = build_model(Config(arch="resnet32", n_modules=4, dataset="cifar10"))
+    blocks = [sum(isinstance(u, BasicBlock) for u in m) for m in model.trunk]
+    assert blocks == [4, 4, 4, 3]
+    assert not isinstance(model.trunk[0][0], BasicBlock)  # the stem
+
+
+@pytest.mark.parametrize("aux_type", ["cnn", "mlp", "mlp-sr"])
+def test_aux_depth_adds_hidden_layers(aux_type):
+    sizes = []
+    for k in range(4):
+        head = build_model(Config(aux_depth=k, aux_type=aux_type, width=8)).heads[0]
+        hidden = [m for m in head if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        sizes.append(len(hidden))
+    assert sizes == [1, 1, 2, 3]  # k=0 and k=1 are a single linear layer
+
+
+def test_kinetic_energy_is_the_mean_squared_residual():
+    torch.manual_seed(0)
+    blocks = [BasicBlock(4, 4, None), BasicBlock(4, 8, "stride"), BasicBlock(8, 16, "invertible")]
+    module = TrunkModule(*blocks).eval()
+    x = torch.randn(3, 4, 8, 8)
+    out, energy = module.forward_with_kinetic(x)
+    expected, h = 0.0, x
+    for b in blocks:  # by hand: r = branch(P x); out = relu(shortcut(P x) + r)
+        p = b.down(h)
+        r = b.branch(p)
+        expected += (r**2).sum() / r.numel()
+        h = torch.relu(b.shortcut(p) + r)
+    assert torch.allclose(out, h)
+    assert torch.allclose(energy, torch.as_tensor(expected))
+    assert energy > 0
+
+
+def test_kinetic_weight_and_varying_tau():
+    c = Config(arch="resnet20", n_modules=4, regularization="kinetic", tau=2.0, varying_tau=True)
+    assert [kinetic_weight(c, k) for k in range(4)] == [0.5, 0.5, 0.25, 0.25]
+    assert kinetic_weight(c.replace(regularization="none"), 0) == 0.0

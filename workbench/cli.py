@@ -1,0 +1,117 @@
+"""The `workbench` command: `workbench run [--preset NAME] [--FIELD VALUE ...]` and
+`workbench presets`.
+
+Flags are the config's field names with dashes; a bad value is refused in one line, before any
+training, with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from workbench.config import Config, ConfigError, config_fields
+from workbench.events import TqdmProgress
+from workbench.presets import PRESETS, preset
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _flag_help(f: dataclasses.Field) -> str:
+    return f"default: {f.default!r}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="workbench", description="Layer-wise learning workbench.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="train one experiment and print per-module accuracy")
+    run.add_argument("--preset", help="start from a named preset (see `workbench presets`)")
+    run.add_argument("--config", help="start from a config.json (a run folder's, say)")
+    for f in config_fields():
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            run.add_argument(flag, dest=f.name, nargs="?", const="true", help=_flag_help(f))
+        else:
+            run.add_argument(flag, dest=f.name, help=_flag_help(f))
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands.add_parser("presets", help="list the presets and the fields each one sets")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Preset or config file first, then every flag given on the command line on top."""
+    overrides = {
+        f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None
+    }
+    if args.preset and args.config:
+        raise ConfigError("preset: give --preset or --config, not both")
+    if args.config:
+        try:
+            base = json.loads(open(args.config).read())
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"config: cannot read {args.config!r} ({e}); allowed: a JSON file"
+            ) from None
+        return Config.from_dict({**base, **overrides})
+    if args.preset:
+        return preset(args.preset, **overrides)
+    return Config.from_dict(overrides)
+
+
+def format_results(summary: dict[str, Any]) -> str:
+    """The per-module table printed at the end of a run."""
+    accs = summary.get("per_module_test_acc") or []
+    probes = summary.get("per_module_probe_acc") or []
+    lines = ["module  test acc" + ("  probe acc" if probes else "")]
+    for k, acc in enumerate(accs):
+        line = f"{k + 1:>6}  {acc:8.4f}"
+        if probes:
+            line += f"  {probes[k]:9.4f}"
+        lines.append(line)
+    if summary.get("ensemble_test_acc") is not None:
+        lines.append(f"ensemble {summary['ensemble_test_acc']:8.4f}")
+    lines.append(
+        f"status {summary['status']}, wall time {summary.get('wall_time_s', 0):.1f} s, "
+        f"device {summary.get('device')}, run folder {summary.get('run_dir')}"
+    )
+    return "\n".join(lines)
+
+
+def list_presets() -> str:
+    rows = []
+    for name, (description, values) in PRESETS.items():
+        rows.append(f"{name}\n    {description}")
+        if values:
+            rows.append(
+                "    " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+            )
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "presets":
+        print(list_presets())
+        return 0
+    from workbench.training import run_experiment  # torch import only when training
+
+    try:
+        config = config_from_args(args)
+        callbacks = [] if args.quiet else [TqdmProgress(file=sys.stderr)]
+        summary = run_experiment(config, callbacks=callbacks)
+    except ConfigError as e:
+        print(f"workbench: error: {e}", file=sys.stderr)
+        return 2
+    print(format_results(summary))
+    return 0 if summary["status"] == "finished" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

