@@ -24,7 +24,6 @@ def test_default_run_learns_offline_and_prints_the_per_module_table(tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished"
-    assert summary["per_module_test_acc"] == accs or all(
-        abs(a - b) < 1e-4 for a, b in zip(summary["per_module_test_acc"], accs)
-    )
+    assert len(summary["per_module_test_acc"]) == 4
+    assert all(abs(a - b) < 1e-4 for a, b in zip(summary["per_module_test_acc"], accs))
     assert summary["data"]["copy"] == "embedded" and summary["data"]["n_train"] == 4000

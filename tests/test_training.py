@@ -224,6 +224,25 @@ def test_resume_continues_from_the_last_finished_module(tmp_path):
     assert third["per_module_test_acc"] == second["per_module_test_acc"]
 
 
+def test_a_resumed_run_ends_exactly_where_an_unbroken_one_does(tmp_path):
+    """Weights, optimizer state, data order and augmentation all continue where they stopped."""
+    stop = threading.Event()
+
+    def stop_mid_module_2(event, info):
+        if event == EPOCH_END and info["global_epoch"] == 3:
+            stop.set()
+
+    config = tiny(tmp_path, n_modules=3, epochs=2, augment="crop-flip")
+    unbroken = run_experiment(config.replace(out=str(tmp_path / "unbroken")))
+    assert run_experiment(config, callbacks=[stop_mid_module_2], stop=stop)["status"] == "stopped"
+    resumed = run_experiment(config)
+    assert resumed["resumed_from"] == {"phase": 1, "epochs_done": 1}
+    assert resumed["per_module_test_acc"] == unbroken["per_module_test_acc"]
+    a = torch.load(tmp_path / "unbroken/checkpoints/module_3.pt")["trunk"]
+    b = torch.load(tmp_path / "run/checkpoints/module_3.pt")["trunk"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_mid_module_restarts_after_the_last_finished_epoch(tmp_path):
     stop = threading.Event()
 

@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
             run.add_argument(flag, dest=f.name, help=_flag_help(f))
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     commands.add_parser("presets", help="list the presets and the fields each one sets")
+    # the batch and benchmark commands live beside their code; each adds its own flags
+    from workbench.batch.sweep import add_sweep_arguments
+    from workbench.bench import add_bench_arguments
+
+    add_sweep_arguments(commands.add_parser("sweep", help="run a grid of experiments"))
+    add_bench_arguments(commands.add_parser("bench", help="benchmark the training methods"))
     return parser
 
 
@@ -100,6 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "presets":
         print(list_presets())
         return 0
+    if args.command == "sweep":
+        from workbench.batch.sweep import sweep_main
+
+        return sweep_main(args)
+    if args.command == "bench":
+        from workbench.bench import bench_main
+
+        return bench_main(args)
     from workbench.training import run_experiment  # torch import only when training
 
     try:

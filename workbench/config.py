@@ -48,6 +48,7 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 AUGMENTS = ("auto", "none", "crop", "crop-flip")
 INITS = ("default", "orthogonal")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 MAX_AUX_DEPTH = 3
 # per architecture family (name without its depth digits)
 DEFAULT_WIDTHS = {"greedy-cnn": 32, "resnet": 16, "resnet18": 64, "vgg": 64}
@@ -93,6 +94,11 @@ class Config:
     label_smoothing: float = 0.0
     probe: bool = False  # after training, fit a linear probe on each module's features (Ma et al.)
     device: str = "auto"
+    # speed (see `workbench bench`); none of these changes what is computed beyond rounding
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on the CPU; or fp32, bf16
+    channels_last: bool = True  # NHWC tensors on CUDA (ignored on the CPU)
+    compile: bool = False  # torch.compile each module and head
+    cache_features: bool = False  # sequential without augmentation: run the frozen prefix once
     seed: int = 0
     out: str = ""  # run folder; "" = runs/<time>-<arch>-<method>
 
@@ -318,6 +324,7 @@ def _validate(c: Config) -> None:
             f"label_smoothing: got {c.label_smoothing!r}; allowed: 0 <= label_smoothing < 1"
         )
     _choice("device", c.device, DEVICES)
+    _choice("precision", c.precision, PRECISIONS)
     _validate_schedule(c)
 
 

@@ -228,6 +228,7 @@ class Trainer:
         for key, opt_state in state["optimizers"].items():
             self.optimizer(key).load_state_dict(opt_state)
         self.global_epoch, self.test_acc = state["global_epoch"], dict(state["test_acc"])
+        self.train_batches.epoch = self.global_epoch  # same data order as an unbroken run
         self.elapsed_before = state["elapsed"]
         torch.set_rng_state(state["rng"])
         self.run.truncate_metrics(state["metrics_rows"])

@@ -1,0 +1,123 @@
+"""The workbench's figures, built from metric rows or run folders (plotly).
+
+The same builders serve the live panel (wrapped in FigureWidgets and updated in place), the batch
+notebook (static figures saved as HTML) and the comparison notebook.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from workbench.records import read_metrics
+
+ACC_RANGE = [0, 1.02]
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    fig.update_layout(
+        title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=340,
+        margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="v"),
+    )
+    return fig
+
+
+def module_series(
+    rows: Iterable[Mapping[str, Any]], split: str, key: str
+) -> dict[int, tuple[list[int], list[float]]]:
+    """{module: (global epochs, values)} for one split ('train'/'test') and metric ('acc'/'loss')."""
+    series: dict[int, tuple[list[int], list[float]]] = {}
+    for row in rows:
+        if row["split"] == split:
+            xs, ys = series.setdefault(row["module"], ([], []))
+            xs.append(row["global_epoch"])
+            ys.append(row[key])
+    return dict(sorted(series.items()))
+
+
+def accuracy_figure(rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0) -> go.Figure:
+    """Each module's test accuracy per epoch: one line per module."""
+    series = module_series(rows, "test", "acc")
+    fig = go.Figure()
+    for k in range(1, max([n_modules, *series]) + 1):
+        xs, ys = series.get(k, ([], []))
+        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=f"module {k}")
+    fig.update_yaxes(range=ACC_RANGE)
+    return _layout(fig, "Test accuracy of each module", "epoch (all modules, in order)", "accuracy")
+
+
+def loss_figure(rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0) -> go.Figure:
+    """Each module's training loss per epoch."""
+    series = module_series(rows, "train", "loss")
+    fig = go.Figure()
+    for k in range(1, max([n_modules, *series]) + 1):
+        xs, ys = series.get(k, ([], []))
+        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=f"module {k}")
+    return _layout(fig, "Training loss of each module", "epoch (all modules, in order)", "loss")
+
+
+def depth_figure(runs: Mapping[str, Sequence[float]] | None = None) -> go.Figure:
+    """Final test accuracy against module depth, one line per run: the papers' figure."""
+    fig = go.Figure()
+    for label, accs in (runs or {}).items():
+        fig.add_scatter(
+            x=list(range(1, len(accs) + 1)), y=list(accs), mode="lines+markers", name=label
+        )
+    fig.update_xaxes(dtick=1)
+    fig.update_yaxes(range=ACC_RANGE)
+    return _layout(fig, "Test accuracy against depth", "module", "accuracy")
+
+
+def run_label(run_dir: str | Path) -> str:
+    """A short name for a run: its folder name and the fields that usually tell runs apart."""
+    path = Path(run_dir)
+    config_path = path / "config.json"
+    if not config_path.exists():
+        return path.name
+    c = json.loads(config_path.read_text())
+    reg = f", kinetic tau={c['tau']:g}" if c.get("regularization") == "kinetic" else ""
+    return f"{path.name}: {c['arch']} {c['method']} k={c['aux_depth']} {c['downsampling']}{reg}"
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary, metric rows) of a run folder; an empty summary if it has none yet."""
+    path = Path(run_dir)
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return summary, read_metrics(path)
+
+
+def run_figures(run_dir: str | Path) -> dict[str, go.Figure]:
+    """The three figures of one run folder, by file stem."""
+    summary, rows = load_run(run_dir)
+    n = summary.get("n_modules", 0)
+    return {
+        "accuracy": accuracy_figure(rows, n),
+        "depth": depth_figure({run_label(run_dir): summary.get("per_module_test_acc", [])}),
+        "loss": loss_figure(rows, n),
+    }
+
+
+def save_figures(figures: Mapping[str, go.Figure], folder: str | Path, png: bool = True) -> list[Path]:
+    """Write each figure as self-contained HTML, and as PNG where a browser can render it.
+
+    PNG export (kaleido) needs a Chromium on the machine; without one the HTML is still written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in figures.items():
+        html = folder / f"{name}.html"
+        fig.write_html(html, include_plotlyjs="directory")  # one plotly.min.js beside them
+        written.append(html)
+        if png:
+            try:
+                fig.write_image(folder / f"{name}.png")
+                written.append(folder / f"{name}.png")
+            except Exception:  # no kaleido or no browser: HTML only
+                png = False
+    return written
