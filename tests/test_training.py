@@ -7,8 +7,8 @@ import threading
 
 import pytest
 import torch
-
 from conftest import tiny
+
 from workbench import run_experiment
 from workbench.events import EPOCH_END, MODULE_DONE, RUN_END, RUN_START
 from workbench.records import read_metrics

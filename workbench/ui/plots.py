@@ -20,8 +20,13 @@ ACC_RANGE = [0, 1.02]
 
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
     fig.update_layout(
-        title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=340,
-        margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="v"),
+        title=title,
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        height=340,
+        margin=dict(l=50, r=20, t=50, b=45),
+        legend=dict(orientation="v"),
     )
     return fig
 
@@ -29,7 +34,7 @@ def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
 def module_series(
     rows: Iterable[Mapping[str, Any]], split: str, key: str
 ) -> dict[int, tuple[list[int], list[float]]]:
-    """{module: (global epochs, values)} for one split ('train'/'test') and metric ('acc'/'loss')."""
+    """{module: (global epochs, values)} for one split (train, test) and metric (acc, loss)."""
     series: dict[int, tuple[list[int], list[float]]] = {}
     for row in rows:
         if row["split"] == split:
@@ -102,7 +107,9 @@ def run_figures(run_dir: str | Path) -> dict[str, go.Figure]:
     }
 
 
-def save_figures(figures: Mapping[str, go.Figure], folder: str | Path, png: bool = True) -> list[Path]:
+def save_figures(
+    figures: Mapping[str, go.Figure], folder: str | Path, png: bool = True
+) -> list[Path]:
     """Write each figure as self-contained HTML, and as PNG where a browser can render it.
 
     PNG export (kaleido) needs a Chromium on the machine; without one the HTML is still written.
