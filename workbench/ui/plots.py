@@ -11,7 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import plotly.colors
 import plotly.graph_objects as go
+import plotly.io
 
 from workbench.records import read_metrics
 
@@ -121,10 +123,38 @@ def save_figures(
         html = folder / f"{name}.html"
         fig.write_html(html, include_plotlyjs="directory")  # one plotly.min.js beside them
         written.append(html)
-        if png:
-            try:
-                fig.write_image(folder / f"{name}.png")
-                written.append(folder / f"{name}.png")
-            except Exception:  # no kaleido or no browser: HTML only
-                png = False
+    if png and figures:
+        pngs = [folder / f"{name}.png" for name in figures]
+        try:  # all in one call: kaleido starts its browser once, not once per figure
+            plotly.io.write_images(list(figures.values()), pngs)
+            written += pngs
+        except Exception:  # no kaleido or no browser: HTML only
+            pass
     return written
+
+
+def separability_figure(
+    test_acc: Mapping[str, Sequence[float]], probe_acc: Mapping[str, Sequence[float]]
+) -> go.Figure:
+    """Per module: the aux head's test accuracy (solid) and a linear probe's (dashed), per run.
+
+    The gap between the lines of one run shows how much of a module's accuracy its auxiliary
+    head adds on top of what is linearly separable in its features (Ma et al.).
+    """
+    fig = go.Figure()
+    colors = plotly.colors.qualitative.Plotly  # the template's own order, fixed per run
+    for i, label in enumerate(dict.fromkeys([*test_acc, *probe_acc])):
+        color = colors[i % len(colors)]
+        for values, kind, dash in ((test_acc, "aux head", "solid"), (probe_acc, "probe", "dash")):
+            accs = list(values.get(label, []))
+            if accs:
+                fig.add_scatter(
+                    x=list(range(1, len(accs) + 1)),
+                    y=accs,
+                    mode="lines+markers",
+                    name=f"{label}: {kind}",
+                    line=dict(color=color, dash=dash),
+                )
+    fig.update_xaxes(dtick=1)
+    fig.update_yaxes(range=ACC_RANGE)
+    return _layout(fig, "Aux head vs linear probe accuracy against depth", "module", "accuracy")

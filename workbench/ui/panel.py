@@ -1,0 +1,218 @@
+"""The interactive workbench: a form for every Config field, Start/Stop, and live plots.
+
+    from workbench.ui import WorkbenchPanel
+    WorkbenchPanel()            # in a notebook cell: shows the panel
+
+Training runs in a background thread so the panel stays responsive; Stop sets the run's stop
+flag, which the loop checks between steps, and the run folder is left with status 'stopped'.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from dataclasses import Field
+from typing import Any
+
+import ipywidgets as widgets
+
+from workbench import config as cfg
+from workbench.config import Config, ConfigError, config_fields
+from workbench.events import RUN_END
+from workbench.presets import PRESETS
+from workbench.ui.live import LivePlots
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": tuple(cfg.DATASETS),
+    "augment": cfg.AUGMENTS,
+    "arch": cfg.ARCHS,
+    "aux_type": cfg.AUX_TYPES,
+    "downsampling": cfg.DOWNSAMPLINGS,
+    "init": cfg.INITS,
+    "method": cfg.METHODS,
+    "regularization": cfg.REGULARIZATIONS,
+    "lr_schedule": cfg.LR_SCHEDULES,
+    "device": cfg.DEVICES,
+    "precision": cfg.PRECISIONS,
+    "aux_depth": tuple(range(cfg.MAX_AUX_DEPTH + 1)),
+}
+SUGGESTIONS = {"schedule": ["standard", "accelerated", "1,3", "2,4"]}
+# which tab each field sits on; anything unlisted goes to "Run"
+TABS = {
+    "Data": ["dataset", "data_dir", "n_train", "n_test", "augment", "allow_modified_copy"],
+    "Model": [
+        "arch",
+        "width",
+        "batchnorm",
+        "n_modules",
+        "aux_depth",
+        "aux_type",
+        "aux_width",
+        "downsampling",
+        "schedule",
+        "init",
+    ],
+    "Training": [
+        "method",
+        "laps",
+        "regularization",
+        "tau",
+        "varying_tau",
+        "epochs",
+        "batch_size",
+        "lr",
+        "lr_schedule",
+        "lr_step",
+        "lr_decay",
+        "momentum",
+        "weight_decay",
+        "label_smoothing",
+        "probe",
+    ],
+}
+STYLE = {"description_width": "120px"}
+LAYOUT = widgets.Layout(width="330px")
+
+
+def field_widget(f: Field, value: Any) -> widgets.ValueWidget:
+    """The input for one Config field; its description is the field's name."""
+    common: dict[str, Any] = dict(description=f.name, style=STYLE, layout=LAYOUT)
+    if f.name in CHOICES:
+        return widgets.Dropdown(options=CHOICES[f.name], value=value, **common)
+    if f.name in SUGGESTIONS:
+        return widgets.Combobox(options=SUGGESTIONS[f.name], value=str(value), **common)
+    if f.type == "bool":
+        return widgets.Checkbox(value=bool(value), indent=False, **common)
+    if f.type == "int":
+        return widgets.IntText(value=value, **common)
+    if f.type == "float":
+        return widgets.FloatText(value=value, **common)
+    return widgets.Text(value=str(value), continuous_update=False, **common)
+
+
+class WorkbenchPanel:
+    """Choose a config with widgets, press Start, watch every module learn; Stop any time."""
+
+    def __init__(self, **initial: Any):
+        config = Config.from_dict(initial)
+        self.inputs = {f.name: field_widget(f, getattr(config, f.name)) for f in config_fields()}
+        self.preset = widgets.Dropdown(
+            options=["(choose a preset)", *PRESETS],
+            description="preset",
+            style=STYLE,
+            layout=LAYOUT,
+        )
+        self.preset.observe(self._apply_preset, names="value")
+        self.start_button = widgets.Button(description="Start", button_style="success", icon="play")
+        self.stop_button = widgets.Button(
+            description="Stop", button_style="danger", icon="stop", disabled=True
+        )
+        self.keep_runs = widgets.Checkbox(
+            value=True, indent=False, description="keep finished runs on the depth plot"
+        )
+        self.clear_button = widgets.Button(description="Clear overlays")
+        self.message = widgets.HTML()
+        self.start_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.clear_button.on_click(lambda _: self.plots.clear_overlays())
+        self.plots = LivePlots(config.n_modules)
+        self.thread: threading.Thread | None = None
+        self.stop_flag = threading.Event()
+        self.summary: dict[str, Any] | None = None
+        self.widget = widgets.VBox(
+            [
+                self.preset,
+                self._tabs(),
+                widgets.HBox(
+                    [self.start_button, self.stop_button, self.keep_runs, self.clear_button]
+                ),
+                self.message,
+                self.plots.widget,
+            ]
+        )
+
+    def _tabs(self) -> widgets.Tab:
+        placed = {name for names in TABS.values() for name in names}
+        groups = {**TABS, "Run": [n for n in self.inputs if n not in placed]}
+        tab = widgets.Tab(
+            [
+                widgets.GridBox(
+                    [self.inputs[n] for n in names],
+                    layout=widgets.Layout(grid_template_columns="repeat(3, 340px)"),
+                )
+                for names in groups.values()
+            ]
+        )
+        for i, title in enumerate(groups):
+            tab.set_title(i, title)
+        return tab
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # -- config <-> form ------------------------------------------------------------------
+    def config(self) -> Config:
+        """The Config the form describes (validated: a bad value raises ConfigError)."""
+        return Config.from_dict({name: w.value for name, w in self.inputs.items()})
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            widget = self.inputs[name]
+            widget.value = (
+                str(value) if isinstance(widget, (widgets.Text, widgets.Combobox)) else value
+            )
+
+    def _apply_preset(self, change: dict[str, Any]) -> None:
+        if change["new"] in PRESETS:
+            # reset to defaults first, so a preset means the same thing whatever came before
+            self.set_values({**cfg.DEFAULTS, **PRESETS[change["new"]][1]})
+            self.message.value = f"preset <b>{change['new']}</b>: {PRESETS[change['new']][0]}"
+
+    # -- running --------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self) -> None:
+        """Validate the form and train in a background thread; errors show in the panel."""
+        if self.running:
+            return
+        try:
+            config = self.config()
+        except ConfigError as e:
+            self.message.value = f"<span style='color:#b00'>{e}</span>"
+            return
+        self.message.value = ""
+        self.stop_flag = threading.Event()
+        self.start_button.disabled, self.stop_button.disabled = True, False
+        self.thread = threading.Thread(target=self._train, args=(config,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Ask the run to stop; it ends after the current step, its folder marked 'stopped'."""
+        self.stop_flag.set()
+        self.message.value = "stopping after the current step..."
+
+    def _train(self, config: Config) -> None:
+        from workbench.training import run_experiment
+
+        def remember(event: str, info: dict[str, Any]) -> None:
+            if event == RUN_END and self.keep_runs.value:
+                summary = info["summary"]
+                if summary.get("per_module_test_acc"):
+                    label = f"{summary['run_dir']} ({summary['status']})"
+                    self.plots.keep_on_depth_plot(label, summary["per_module_test_acc"])
+
+        try:
+            self.summary = run_experiment(
+                config, callbacks=[self.plots, remember], stop=self.stop_flag
+            )
+            self.message.value = f"run {self.summary['status']}"
+        except ConfigError as e:
+            self.message.value = f"<span style='color:#b00'>{e}</span>"
+        except Exception:
+            self.message.value = f"<pre style='color:#b00'>{traceback.format_exc()}</pre>"
+        finally:
+            self.start_button.disabled, self.stop_button.disabled = False, True
