@@ -83,7 +83,7 @@ class Config:
     regularization: str = "none"  # kinetic: TRGL's transport (kinetic-energy) term
     tau: float = 1.0  # kinetic weight is 1/(2 tau): large tau = weak regularization
     varying_tau: bool = False  # the first half of the modules use tau/2
-    epochs: int = 2  # per module (sequential), per lap total (multilap), total (parallel, e2e)
+    epochs: int = 3  # epochs each module trains, in every method (multilap splits them in laps)
     batch_size: int = 128
     lr: float = 0.05
     lr_schedule: str = "cosine"
@@ -215,9 +215,10 @@ def n_units(config: Config) -> int:
 def standard_positions(config: Config) -> list[int]:
     """The architecture's usual downsampling positions (1-indexed units)."""
     if config.arch == "greedy-cnn":
-        # every second layer, while the image stays at least 4x4
+        # psi on the input, then before every second layer (Belilovsky's k=1 net: 1,3), while
+        # the maps stay at least 4x4
         limit = int(math.log2(config.dataset_info.size)) - 2
-        return list(range(2, config.n_modules + 1, 2))[:limit]
+        return list(range(1, config.n_modules + 1, 2))[:limit]
     if config.arch == "resnet18":
         return [3, 5, 7]
     if config.arch.startswith("resnet"):
