@@ -71,12 +71,14 @@ TABS = {
     ],
 }
 STYLE = {"description_width": "120px"}
-LAYOUT = widgets.Layout(width="330px")
+FIELD_WIDTH = "330px"
 
 
 def field_widget(f: Field, value: Any) -> widgets.ValueWidget:
     """The input for one Config field; its description is the field's name."""
-    common: dict[str, Any] = dict(description=f.name, style=STYLE, layout=LAYOUT)
+    common: dict[str, Any] = dict(
+        description=f.name, style=STYLE, layout=widgets.Layout(width=FIELD_WIDTH)
+    )
     if f.name in CHOICES:
         return widgets.Dropdown(options=CHOICES[f.name], value=value, **common)
     if f.name in SUGGESTIONS:
@@ -100,7 +102,7 @@ class WorkbenchPanel:
             options=["(choose a preset)", *PRESETS],
             description="preset",
             style=STYLE,
-            layout=LAYOUT,
+            layout=widgets.Layout(width=FIELD_WIDTH),
         )
         self.preset.observe(self._apply_preset, names="value")
         self.start_button = widgets.Button(description="Start", button_style="success", icon="play")
