@@ -1,0 +1,152 @@
+"""The batch, comparison and teaching notebooks, executed for real by papermill with tiny runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from workbench.batch.notebook import EXPERIMENT_NOTEBOOK, parameters_cell, parameters_source
+from workbench.config import DEFAULTS, config_fields
+
+NOTEBOOKS = EXPERIMENT_NOTEBOOK.parent
+OWNED = [
+    "experiment.ipynb",
+    "compare.ipynb",
+    "greedy_layerwise.ipynb",
+    "why_layerwise_fails_to_scale.ipynb",
+    "kinetic_regularization.ipynb",
+]
+PAPERMILL = str(Path(sys.executable).parent / "papermill")
+TINY = {"n_train": 200, "n_test": 100, "epochs": 1, "width": 4, "device": "cpu"}
+
+
+def run_papermill(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
+    """The papermill command line, as a user runs it (-y takes lists and typed values)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a shared 2-core machine: no oversubscription
+    result = subprocess.run(
+        [PAPERMILL, str(notebook), str(output), "-y", json.dumps(parameters), "--no-progress-bar"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def outputs_text(nb_path: Path) -> str:
+    nb = nbformat.read(nb_path, as_version=4)
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            texts.append(out.get("text", "") + json.dumps(out.get("data", {})))
+    return "\n".join(texts)
+
+
+# -- the committed notebooks -------------------------------------------------------------------
+@pytest.mark.parametrize("name", OWNED)
+def test_notebook_is_committed_clean_with_a_parameters_cell(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip the outputs"
+    parameters_cell(nb)  # exactly one cell tagged `parameters`, or ValueError
+    assert papermill.inspect_notebook(str(NOTEBOOKS / name)), "no parameters papermill can read"
+
+
+def test_experiment_parameters_are_config_fields_with_their_defaults():
+    nb = nbformat.read(EXPERIMENT_NOTEBOOK, as_version=4)
+    source = parameters_cell(nb).source
+    assert source == parameters_source(), "regenerate it: python -m workbench.batch.notebook"
+    namespace: dict = {}
+    exec(source, namespace)  # the values the notebook really starts with
+    for f in config_fields():
+        value = namespace[f.name]
+        assert value == DEFAULTS[f.name] and type(value) is type(DEFAULTS[f.name]), f.name
+    assert namespace["live"] is False and namespace["out_dir"] == ""
+    inferred = papermill.inspect_notebook(str(EXPERIMENT_NOTEBOOK))
+    assert list(inferred) == [f.name for f in config_fields()] + ["live", "out_dir"]
+    for f in config_fields():
+        assert inferred[f.name]["inferred_type_name"] == f.type, f.name
+        assert inferred[f.name]["help"], f"{f.name} has no help text"
+
+
+def test_papermill_help_notebook_documents_every_field():
+    result = subprocess.run(
+        [PAPERMILL, "--help-notebook", str(EXPERIMENT_NOTEBOOK)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    for f in config_fields():
+        assert f"  {f.name}: {f.type} (default " in result.stdout, f.name
+    assert "  live: bool (default False)" in result.stdout
+    assert "  out_dir: str" in result.stdout
+
+
+# -- executed ----------------------------------------------------------------------------------
+def test_experiment_notebook_trains_saves_figures_and_stays_small(tmp_path):
+    output = tmp_path / "experiment.ipynb"
+    run_papermill(
+        EXPERIMENT_NOTEBOOK,
+        output,
+        {**TINY, "n_modules": 2, "live": False, "out_dir": "run"},  # relative to papermill's cwd
+        cwd=tmp_path,
+    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert len(summary["per_module_test_acc"]) == 2
+    assert summary["data"]["n_train"] == 200
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["width"] == 4 and config["out"] == "run"
+    figures = tmp_path / "run" / "figures"
+    for stem in ("accuracy", "depth", "loss"):
+        assert (figures / f"{stem}.html").stat().st_size > 1000
+    # the output notebook: figures as small JSON, no widget and no embedded plotly.js
+    size = output.stat().st_size
+    assert size < 1_000_000, f"output notebook is {size} bytes"
+    nb = nbformat.read(output, as_version=4)
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    models = [(m["model_module"], m["model_name"]) for m in state.get("state", {}).values()]
+    assert not [m for m in models if m[0] == "anywidget" or "Figure" in m[1]], models
+    text = outputs_text(output)
+    assert "application/vnd.jupyter.widget-view+json" not in text
+    assert "application/vnd.plotly.v1+json" in text
+    # papermill's python3 kernel runs in this environment (the venv), not some other Python
+    assert f"environment {sys.prefix}\n" in text
+    assert "module 2 done: test acc" in text
+
+
+TEACHING = {
+    "greedy_layerwise.ipynb": ({"n_modules": 2}, 4, False),
+    "why_layerwise_fails_to_scale.ipynb": ({"n_modules": 2}, 3, True),
+    "kinetic_regularization.ipynb": ({"n_modules": 3, "taus": [1.0]}, 2, False),
+}
+
+
+@pytest.mark.parametrize("name", list(TEACHING))
+def test_teaching_notebook_runs_its_variants_with_tiny_parameters(tmp_path, name):
+    extra, n_variants, probes = TEACHING[name]
+    output = tmp_path / name
+    run_papermill(NOTEBOOKS / name, output, {**TINY, **extra, "out_dir": "lesson"}, tmp_path)
+    lesson = tmp_path / "lesson"
+    with open(lesson / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_variants
+    assert all(r["status"] == "finished" for r in rows)
+    assert all(r[f"acc_module_{extra['n_modules']}"] for r in rows)
+    assert (lesson / "depth.html").is_file()
+    assert (lesson / "separability.html").is_file() == probes
+    if probes:
+        assert all(r["probe_module_1"] for r in rows)
+    assert output.stat().st_size < 1_000_000
