@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,14 +22,23 @@ class Evaluation:
     ensemble_acc: float
 
 
+def _autocast(x: Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on x's device (as training ran); None: nothing at all."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(x.device.type, dtype)
+
+
 @torch.inference_mode()
 def evaluate(
-    model: LayerwiseNet, batches: Iterable[tuple[Tensor, Tensor]], upto: int | None = None
+    model: LayerwiseNet,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    upto: int | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Evaluation:
     """Accuracy and loss of every module's auxiliary head, and of the layer ensemble.
 
     The ensemble is Z = sum_j 2^j z_j over the heads' logits (Belilovsky et al.), so deeper,
     better heads dominate. Counts stay on the device; the host reads them once at the end.
+    `autocast` is the dtype training ran its forward passes in (None: fp32).
     """
     was_training = model.training
     model.eval()
@@ -36,7 +46,9 @@ def evaluate(
     correct = loss_sum = ensemble_correct = None
     seen = 0
     for x, y in batches:
-        logits = torch.stack([z.float() for z in model.per_module_logits(x, n)])  # n x B x C
+        with _autocast(x, autocast):
+            per_module = model.per_module_logits(x, n)
+        logits = torch.stack([z.float() for z in per_module])  # n x B x C
         losses = torch.stack([F.cross_entropy(z, y, reduction="sum") for z in logits])
         hits = (logits.argmax(-1) == y).sum(-1)
         weights = 2.0 ** torch.arange(1, n + 1, device=logits.device, dtype=logits.dtype)
@@ -59,7 +71,9 @@ def evaluate(
 
 @torch.inference_mode()
 def module_features(
-    model: LayerwiseNet, batches: Iterable[tuple[Tensor, Tensor]]
+    model: LayerwiseNet,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    autocast: torch.dtype | None = None,
 ) -> tuple[list[Tensor], Tensor]:
     """Each module's output, averaged to 2x2 and flattened (as a depth-1 head sees it)."""
     model.eval()
@@ -67,7 +81,8 @@ def module_features(
     labels = []
     for x, y in batches:
         for k, module in enumerate(model.trunk):
-            x = module(x)
+            with _autocast(x, autocast):
+                x = module(x)
             feats[k].append(F.adaptive_avg_pool2d(x.float(), 2).flatten(1))
         labels.append(y)
     return [torch.cat(f) for f in feats], torch.cat(labels)
@@ -111,10 +126,11 @@ def per_module_probe_accuracy(
     train_batches: Iterable[tuple[Tensor, Tensor]],
     test_batches: Iterable[tuple[Tensor, Tensor]],
     num_classes: int,
+    autocast: torch.dtype | None = None,
 ) -> list[float]:
     """Linear separability of each module's features: Ma et al.'s diagnostic, in depth order."""
-    train_feats, train_y = module_features(model, train_batches)
-    test_feats, test_y = module_features(model, test_batches)
+    train_feats, train_y = module_features(model, train_batches, autocast)
+    test_feats, test_y = module_features(model, test_batches, autocast)
     return [
         linear_probe_accuracy(a, train_y, b, test_y, num_classes)
         for a, b in zip(train_feats, test_feats)

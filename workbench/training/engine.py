@@ -5,13 +5,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import resource
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workbench.config import Config, ConfigError
-from workbench.data import Batches, ImageData, load_data, make_batches
+from workbench.data import Batches, ImageData, _epoch_seed, load_data, make_batches
 from workbench.events import EPOCH_END, MODULE_DONE, RUN_END, RUN_START, Callback, StopRequested
 from workbench.metrics import evaluate, per_module_probe_accuracy
 from workbench.models import LayerwiseNet, build_model
@@ -37,6 +40,72 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def check_speed_options(config: Config) -> None:
+    """Refuse, before any data is loaded, speed options that would change what is computed."""
+    if config.cache_features and config.resolved_augment != "none":
+        raise ConfigError(
+            f"cache_features: got true with augment={config.resolved_augment!r} "
+            f"({config.dataset}'s {'default ' if config.augment == 'auto' else ''}augmentation); "
+            "allowed: cache_features with augment none (a cache would freeze one augmented "
+            "copy of each image), or cache_features false"
+        )
+
+
+def autocast_dtype(config: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default (where bf16 is native), on the CPU only when asked."""
+    if config.precision == "bf16":
+        return torch.bfloat16
+    if config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def memory_format(config: Config, device: torch.device) -> torch.memory_format:
+    """NHWC on CUDA, the layout cuDNN's tensor-core convolutions use; NCHW on the CPU."""
+    if config.channels_last and device.type == "cuda":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free device memory on CUDA; the RAM the kernel says is available on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # free pages: a floor
+
+
+class FeatureBatches:
+    """A frozen prefix's outputs for the whole training set, served in the training order.
+
+    Each iteration advances the training batches' epoch counter and draws the same permutation
+    they would have drawn, so a cached run sees its examples in the same order as an uncached
+    one (and a resumed run continues it).
+    """
+
+    def __init__(self, features: Tensor, labels: Tensor, order_of: Batches):
+        self.features, self.labels, self.source = features, labels, order_of
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        src = self.source
+        src.epoch += 1
+        n, seed = len(self.labels), _epoch_seed(src.seed, src.epoch - 1)
+        # Batches' own draw (on the CPU, from the same seed), so the order is the same
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=generator) if src.shuffle else torch.arange(n)
+        chunks = order.to(self.features.device).split(src.batch_size)
+        return ((self.features[idx], self.labels[idx]) for idx in chunks)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -80,6 +149,16 @@ class Trainer:
         self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
         self.session_start: float | None = None
         self.phases = plan(config)
+        # speed: none of these changes what is computed beyond rounding
+        self.amp = autocast_dtype(config, device)
+        self.memory_format = memory_format(config, device)
+        model.to(memory_format=self.memory_format)
+        # compiled callables share the modules' parameters, so state dicts are untouched
+        wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
+        self.trained = [wrap(m.forward_with_kinetic) for m in model.trunk]
+        self.frozen = [wrap(m) for m in model.trunk]
+        self.heads = [wrap(h) for h in model.heads]
+        self.cache: FeatureBatches | None = None  # the current phase's prefix outputs
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: str, info: dict[str, Any]) -> None:
@@ -110,18 +189,91 @@ class Trainer:
                 group["lr"] = lr
         return lr
 
-    # -- one epoch ---------------------------------------------------------------------------
+    # -- phases ------------------------------------------------------------------------------
+    def begin_phase(self, phase: Phase) -> None:
+        """With cache_features, run the phase's frozen prefix over the training set once."""
+        if self.config.cache_features and phase.frozen_prefix > 0:  # not parallel, end-to-end
+            self.cache = self.build_cache(phase)
+
+    def end_phase(self, phase: Phase) -> None:
+        """Drop the cache, and the gradients and optimizer state of modules that are done."""
+        self.cache = None
+        if phase.lap == self.phases[-1].lap:  # these modules never train again
+            for k in phase.modules:
+                self.optimizers.pop(str(k), None)
+                for p in [*self.model.trunk[k].parameters(), *self.model.heads[k].parameters()]:
+                    p.grad = None
+
+    @torch.no_grad()  # not inference_mode: module k saves these inputs for its backward
+    def build_cache(self, phase: Phase) -> FeatureBatches | None:
+        """The prefix's outputs for every training image, or None (and a warning) if too big."""
+        plain = Batches(
+            self.data.train_x,
+            self.data.train_y,
+            batch_size=self.config.batch_size,  # the training batches' shapes: same kernels
+            device=self.device,
+            mean=self.data.mean,
+            std=self.data.std,
+        )
+        self.model.eval()
+        parts = iter(plain)
+        x, _ = next(parts)
+        first = self.prefix_features(phase, x.contiguous(memory_format=self.memory_format))
+        need = len(plain.y) * first[0].numel() * first.element_size()
+        budget = free_memory_bytes(self.device) // 2  # the rest is for training itself
+        if need > budget:
+            warnings.warn(
+                f"cache_features: module {phase.modules[0] + 1}'s inputs for {len(plain.y)} "
+                f"images need {need / 2**30:.2f} GiB, over half the free {self.device.type} "
+                f"memory ({budget / 2**30:.2f} GiB); training it without the cache",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        features = [first]
+        for x, _ in parts:
+            features.append(
+                self.prefix_features(phase, x.contiguous(memory_format=self.memory_format))
+            )
+        labels = self.train_batches.y.to(self.device)
+        return FeatureBatches(torch.cat(features), labels, self.train_batches)
+
+    # -- one step ----------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the run's low precision, or nothing at all in fp32."""
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, self.amp)
+
+    def prefix_features(self, phase: Phase, x: Tensor) -> Tensor:
+        """The frozen modules' output: eval mode (set by the caller) and no autograd graph."""
+        with torch.no_grad(), self.autocast():
+            for k in range(phase.frozen_prefix):
+                x = self.frozen[k](x)
+        return x
+
+    def step(self, phase: Phase, x: Tensor, y: Tensor, stats: Tensor) -> None:
+        """One batch of the phase's method: x is an image batch, or cached prefix outputs."""
+        x = x.contiguous(memory_format=self.memory_format)
+        if self.end_to_end:
+            self.end_to_end_step(x, y, stats)
+            return
+        if self.cache is None:
+            x = self.prefix_features(phase, x)
+        self.local_step(phase, x, y, stats)
+
     def local_step(self, phase: Phase, x: Tensor, y: Tensor, stats: Tensor) -> None:
-        """Each trained module steps on its own aux loss; it hands a detached output onwards."""
+        """Each trained module steps on its own aux loss; it hands a detached output onwards.
+
+        x is the input of the phase's first module (the frozen prefix's output).
+        """
         c = self.config
-        with torch.no_grad():
-            for module in self.model.trunk[: phase.frozen_prefix]:
-                x = module(x)
         for i, k in enumerate(phase.modules):
-            out, energy = self.model.trunk[k].forward_with_kinetic(x)
-            logits = self.model.heads[k](out)
-            ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
-            loss = ce + kinetic_weight(c, k) * energy
+            with self.autocast():  # the forward only; backward follows the forward's dtypes
+                out, energy = self.trained[k](x)
+                logits = self.heads[k](out)
+                ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
+                loss = ce + kinetic_weight(c, k) * energy
             opt = self.optimizer(str(k))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -132,42 +284,47 @@ class Trainer:
     def end_to_end_step(self, x: Tensor, y: Tensor, stats: Tensor) -> None:
         """Backprop through the trunk from the last head; other heads learn on detached features."""
         c = self.config
-        losses, energy = [], x.new_zeros(())
+        losses, energy = [], x.new_zeros((), dtype=torch.float32)
         last = len(self.model) - 1
-        for k, (module, head) in enumerate(zip(self.model.trunk, self.model.heads)):
-            x, e = module.forward_with_kinetic(x)
-            energy = energy + kinetic_weight(c, k) * e
-            logits = head(x if k == last else x.detach())
-            ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
-            losses.append(ce)
-            stats[k] += torch.stack([ce.detach() * len(y), (logits.argmax(-1) == y).sum()])
+        with self.autocast():
+            for k in range(len(self.model)):
+                x, e = self.trained[k](x)
+                energy = energy + kinetic_weight(c, k) * e
+                logits = self.heads[k](x if k == last else x.detach())
+                ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
+                losses.append(ce)
+                stats[k] += torch.stack([ce.detach() * len(y), (logits.argmax(-1) == y).sum()])
+            total = torch.stack(losses).sum() + energy
         opt = self.optimizer("all")
         opt.zero_grad(set_to_none=True)
-        (torch.stack(losses).sum() + energy).backward()
+        total.backward()
         opt.step()
 
-    def train_epoch(self, phase: Phase, epoch: int) -> list[dict[str, Any]]:
-        """Train the phase's modules for one epoch; returns the epoch's metric rows."""
+    # -- one epoch ---------------------------------------------------------------------------
+    def train_pass(self, phase: Phase, epoch: int) -> tuple[list[list[float]], int, float, float]:
+        """One epoch of training steps: ([loss sum, correct] per module, images, seconds, lr)."""
         model = self.model
         model.eval()  # frozen modules keep their BN statistics
         for k in phase.modules:
             model.trunk[k].train()
             model.heads[k].train()
         keys = ["all"] if self.end_to_end else [str(k) for k in phase.modules]
+        batches = self.train_batches if self.cache is None else self.cache
         stats = torch.zeros(len(phase.modules), 2, device=self.device)  # loss sum, correct
-        n_batches, seen, lr = len(self.train_batches), 0, 0.0
+        n_batches, seen, lr = len(batches), 0, 0.0
         start = time.perf_counter()
-        for i, (x, y) in enumerate(self.train_batches):
+        for i, (x, y) in enumerate(batches):
             if self.stop.is_set():
                 raise StopRequested
             lr = self.set_lr(keys, phase, epoch + i / n_batches)
-            if self.end_to_end:
-                self.end_to_end_step(x, y, stats)
-            else:
-                self.local_step(phase, x, y, stats)
+            self.step(phase, x, y, stats)
             seen += len(y)
-        totals = stats.tolist()  # the epoch's one host sync
-        seconds = time.perf_counter() - start
+        totals = stats.tolist()  # the epoch's one host sync (so `seconds` is honest on CUDA)
+        return totals, seen, time.perf_counter() - start, lr
+
+    def train_epoch(self, phase: Phase, epoch: int) -> list[dict[str, Any]]:
+        """Train the phase's modules for one epoch; returns the epoch's metric rows."""
+        totals, seen, seconds, lr = self.train_pass(phase, epoch)
         self.global_epoch += 1
         base = {
             "global_epoch": self.global_epoch,
@@ -187,7 +344,8 @@ class Trainer:
             }
             for k, (loss, hits) in zip(phase.modules, totals)
         ]
-        result = evaluate(model, self.test_batches, upto=max(phase.modules) + 1)
+        upto = max(phase.modules) + 1
+        result = evaluate(self.model, self.test_batches, upto=upto, autocast=self.amp)
         for k in phase.modules:
             self.test_acc[k + 1] = result.per_module_acc[k]
             rows.append(
@@ -276,6 +434,7 @@ class Trainer:
         for index, phase in enumerate(self.phases):
             if index < start_phase:
                 continue
+            self.begin_phase(phase)
             for epoch in range(start_epoch if index == start_phase else 0, phase.epochs):
                 rows = self.train_epoch(phase, epoch)
                 self.run.append_metrics(rows)
@@ -305,6 +464,7 @@ class Trainer:
                     MODULE_DONE,
                     {"module": k + 1, "lap": phase.lap + 1, "test_acc": self.test_acc.get(k + 1)},
                 )
+            self.end_phase(phase)
 
     def progress_summary(self, elapsed: float) -> dict[str, Any]:
         trained = sorted(self.test_acc)
@@ -318,7 +478,7 @@ class Trainer:
 
     def final_summary(self) -> dict[str, Any]:
         """Evaluate every module once more, the layer ensemble and, if asked, the linear probes."""
-        result = evaluate(self.model, self.test_batches)
+        result = evaluate(self.model, self.test_batches, autocast=self.amp)
         out: dict[str, Any] = {
             "per_module_test_acc": result.per_module_acc,
             "final_test_acc": result.per_module_acc[-1],
@@ -334,7 +494,7 @@ class Trainer:
                 std=self.data.std,
             )
             out["per_module_probe_acc"] = per_module_probe_accuracy(
-                self.model, plain_train, self.test_batches, self.data.num_classes
+                self.model, plain_train, self.test_batches, self.data.num_classes, self.amp
             )
         return out
 
@@ -351,6 +511,7 @@ def run_experiment(
     finished one is returned as it is. Stopping (the flag, or Ctrl-C) leaves status 'stopped'.
     """
     device = resolve_device(config.device)
+    check_speed_options(config)
     data = load_data(config)
     run = RunDir.open(config)
     previous = run.read_summary()
