@@ -335,13 +335,24 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # the epoch advances here, not when the generator first runs, so iter() alone counts
-        self.epoch += 1
-        return self._epoch_batches(_epoch_seed(self.seed, self.epoch - 1))
+        order, seed = self.next_epoch()
+        return self._epoch_batches(order, seed)
 
-    def _epoch_batches(self, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def next_epoch(self) -> tuple[Tensor | None, int]:
+        """Advance to the next epoch: (its example order, None for storage order; its seed).
+
+        Anything serving the same examples in the same order (a feature cache) calls this too.
+        """
+        self.epoch += 1
+        seed = _epoch_seed(self.seed, self.epoch - 1)
+        if not self.shuffle:
+            return None, seed
+        # drawn on the CPU, so both paths and every device see the same order
+        return torch.randperm(len(self.y), generator=torch.Generator().manual_seed(seed)), seed
+
+    def _epoch_batches(self, order: Tensor | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         n, size = len(self.y), self.batch_size
-        if self.shuffle:  # drawn on the CPU, so both paths and every device see the same order
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        if order is not None:
             chunks: list[Any] = list(order.to(self.x.device).split(size))
         else:
             chunks = [slice(i, i + size) for i in range(0, n, size)]  # views, no gather

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workbench.config import Config, ConfigError
-from workbench.data import Batches, ImageData, _epoch_seed, load_data, make_batches
+from workbench.data import Batches, ImageData, load_data, make_batches
 from workbench.events import EPOCH_END, MODULE_DONE, RUN_END, RUN_START, Callback, StopRequested
 from workbench.metrics import evaluate, per_module_probe_accuracy
 from workbench.models import LayerwiseNet, build_model
@@ -98,13 +98,10 @@ class FeatureBatches:
         return len(self.source)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        src = self.source
-        src.epoch += 1
-        n, seed = len(self.labels), _epoch_seed(src.seed, src.epoch - 1)
-        # Batches' own draw (on the CPU, from the same seed), so the order is the same
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=generator) if src.shuffle else torch.arange(n)
-        chunks = order.to(self.features.device).split(src.batch_size)
+        order, _ = self.source.next_epoch()  # the training batches' own draw for this epoch
+        if order is None:
+            order = torch.arange(len(self.labels))
+        chunks = order.to(self.features.device).split(self.source.batch_size)
         return ((self.features[idx], self.labels[idx]) for idx in chunks)
 
 
