@@ -19,11 +19,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def trainers(monkeypatch) -> list:
+    """The Trainer objects run_experiment builds during the test, to look at their models."""
+    from workbench.training import Trainer
+
+    built: list[Trainer] = []
+    original = Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    return built
+
+
 def tiny(tmp_path: Path, **fields) -> Config:
     """A config small enough for a CPU test: a few hundred digits, one epoch, narrow nets."""
     values = dict(
-        dataset="mnist-5k", n_train=256, n_test=128, epochs=1, batch_size=64, width=8,
-        out=str(tmp_path / "run"), device="cpu",
+        dataset="mnist-5k",
+        n_train=256,
+        n_test=128,
+        epochs=1,
+        batch_size=64,
+        width=8,
+        out=str(tmp_path / "run"),
+        device="cpu",
     )
     values.update(fields)
     return Config(**values)

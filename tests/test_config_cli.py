@@ -14,8 +14,15 @@ from workbench.cli import main
 
 
 def test_config_round_trips_through_json():
-    config = Config(arch="resnet32", n_modules=4, method="parallel", regularization="kinetic",
-                    tau=0.5, varying_tau=True, schedule="accelerated")
+    config = Config(
+        arch="resnet32",
+        n_modules=4,
+        method="parallel",
+        regularization="kinetic",
+        tau=0.5,
+        varying_tau=True,
+        schedule="accelerated",
+    )
     assert Config.from_json(config.to_json()) == config
     assert config.replace(tau=2.0).tau == 2.0 and config.tau == 0.5
 
@@ -39,7 +46,11 @@ def test_presets_follow_the_papers():
     assert (k1.lr, k1.lr_step, k1.lr_decay, k1.epochs, k1.weight_decay) == (0.1, 15, 0.2, 50, 5e-4)
     trgl = preset("trgl-resnet32-cifar10")
     assert (trgl.regularization, trgl.lr, trgl.label_smoothing, trgl.init) == (
-        "kinetic", 0.003, 0.1, "orthogonal")
+        "kinetic",
+        0.003,
+        0.1,
+        "orthogonal",
+    )
 
 
 # (CLI arguments, field named in the error, text that must appear in it)
@@ -114,7 +125,9 @@ def test_unknown_flag_and_unknown_config_key(tmp_path, capsys):
 def test_console_script_gives_no_traceback_and_a_nonzero_exit(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "workbench.cli", "run", "--aux-depth", "-1"],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "workbench: error: aux_depth: got -1; allowed: 0 to 3"
@@ -133,8 +146,20 @@ def test_run_from_a_saved_config_with_overrides(tmp_path, capsys):
     saved = tmp_path / "config.json"
     saved.write_text(Config(n_modules=2, width=4, n_train=128, n_test=64).to_json())
     out = tmp_path / "run"
-    code = main(["run", "--quiet", "--config", str(saved), "--epochs", "1", "--out", str(out),
-                 "--batch-size", "64"])
+    code = main(
+        [
+            "run",
+            "--quiet",
+            "--config",
+            str(saved),
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--batch-size",
+            "64",
+        ]
+    )
     assert code == 0
     written = json.loads((out / "config.json").read_text())
     assert (written["n_modules"], written["epochs"], written["batch_size"]) == (2, 1, 64)

@@ -13,8 +13,9 @@ from pathlib import Path
 def test_default_run_learns_offline_and_prints_the_per_module_table(tmp_path):
     script = shutil.which("workbench", path=str(Path(sys.executable).parent))
     assert script, "the console script `workbench` is not installed beside this Python"
-    result = subprocess.run([script, "run"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        [script, "run"], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = re.findall(r"^\s+(\d)\s+(0\.\d+)$", result.stdout, flags=re.M)
     accs = [float(a) for _, a in rows]

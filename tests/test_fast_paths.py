@@ -63,17 +63,9 @@ def test_bf16_asked_for_runs_the_forward_in_bf16_on_the_cpu(tmp_path, monkeypatc
     assert dtypes and set(dtypes) == {torch.bfloat16}  # training steps and evaluation alike
 
 
-def test_channels_last_path_runs_when_forced_on_the_cpu(tmp_path, monkeypatch):
+def test_channels_last_path_runs_when_forced_on_the_cpu(tmp_path, monkeypatch, trainers):
     """NHWC is used on CUDA only; forcing it here runs the same conversions on the CPU."""
     monkeypatch.setattr(engine, "memory_format", lambda config, device: torch.channels_last)
-    trainers: list[Trainer] = []
-    original = Trainer.__init__
-
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        trainers.append(self)
-
-    monkeypatch.setattr(Trainer, "__init__", spy)
     config = tiny(tmp_path, n_modules=2, arch="resnet20", width=8)
     summary = run_experiment(config)
     assert summary["status"] == "finished"
@@ -169,16 +161,8 @@ def test_cache_over_the_memory_budget_falls_back_with_a_warning(tmp_path, monkey
     assert summary["per_module_test_acc"] == plain["per_module_test_acc"]
 
 
-def test_finished_modules_release_their_gradients_and_optimizer(tmp_path, monkeypatch):
+def test_finished_modules_release_their_gradients_and_optimizer(tmp_path, trainers):
     """Sequential holds the state of the module it trains only: the memory the papers claim."""
-    trainers: list[Trainer] = []
-    original = Trainer.__init__
-
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        trainers.append(self)
-
-    monkeypatch.setattr(Trainer, "__init__", spy)
     seen: list[tuple[list[str], list[bool]]] = []
 
     def on_epoch(event, info):

@@ -24,8 +24,9 @@ def test_invertible_downsampling_is_exactly_invertible():
 @pytest.mark.parametrize("downsampling", ["auto", "invertible", "maxpool", "avgpool", "stride"])
 def test_every_arch_and_downsampling_gives_per_module_predictions(arch, downsampling):
     n_modules = 3 if arch != "greedy-cnn" else 4
-    config = Config(arch=arch, downsampling=downsampling, n_modules=n_modules, width=8,
-                    dataset="cifar10")
+    config = Config(
+        arch=arch, downsampling=downsampling, n_modules=n_modules, width=8, dataset="cifar10"
+    )
     model = build_model(config)
     logits = model.per_module_logits(torch.randn(2, 3, 32, 32))
     assert len(logits) == n_modules
@@ -33,8 +34,14 @@ def test_every_arch_and_downsampling_gives_per_module_predictions(arch, downsamp
 
 
 def test_downsampling_positions_halve_spatial_size_and_double_width():
-    config = Config(arch="greedy-cnn", n_modules=5, width=16, schedule="1,3",
-                    downsampling="invertible", dataset="cifar10")
+    config = Config(
+        arch="greedy-cnn",
+        n_modules=5,
+        width=16,
+        schedule="1,3",
+        downsampling="invertible",
+        dataset="cifar10",
+    )
     model = build_model(config)
     x = torch.randn(2, 3, 32, 32)
     shapes = []

@@ -19,22 +19,8 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _spy_on_trainers(monkeypatch) -> list[Trainer]:
-    """Collect the Trainer objects run_experiment builds, to look at their models."""
-    trainers: list[Trainer] = []
-    original_init = Trainer.__init__
-
-    def spy_init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        trainers.append(self)
-
-    monkeypatch.setattr(Trainer, "__init__", spy_init)
-    return trainers
-
-
-def test_sequential_freezes_finished_modules(tmp_path, monkeypatch):
+def test_sequential_freezes_finished_modules(tmp_path, trainers):
     """Module 1's weights and BN statistics do not move while modules 2 and 3 train."""
-    trainers = _spy_on_trainers(monkeypatch)
     snapshots: list[list[dict]] = []  # at each MODULE_DONE: every module's state
 
     def on_event(event, info):
@@ -76,16 +62,24 @@ def test_parallel_no_gradient_crosses_a_module_boundary(tmp_path, monkeypatch):
         original_init(self, *args, **kwargs)
         for name, p in self.model.named_parameters():
             grads_per_param[name] = 0
-            p.register_hook(lambda g, name=name: grads_per_param.__setitem__(
-                name, grads_per_param[name] + 1))
+            p.register_hook(
+                lambda g, name=name: grads_per_param.__setitem__(name, grads_per_param[name] + 1)
+            )
         for module in list(self.model.trunk)[1:]:
             module.register_forward_pre_hook(
                 lambda m, args: inputs_requiring_grad.append(args[0].requires_grad)
             )
 
     monkeypatch.setattr(Trainer, "__init__", spy_init)
-    config = tiny(tmp_path, arch="resnet20", n_modules=3, method="parallel",
-                  regularization="kinetic", n_train=192, batch_size=64)
+    config = tiny(
+        tmp_path,
+        arch="resnet20",
+        n_modules=3,
+        method="parallel",
+        regularization="kinetic",
+        n_train=192,
+        batch_size=64,
+    )
     summary = run_experiment(config)
     assert summary["status"] == "finished"
     n_batches = 3
@@ -116,8 +110,16 @@ def test_end_to_end_backprop_reaches_the_first_module_but_probes_do_not(tmp_path
         checked.append(sum(g.abs().sum().item() for g in reference))
 
     monkeypatch.setattr(Trainer, "end_to_end_step", spy_step)
-    config = tiny(tmp_path, method="end-to-end", n_modules=3, n_train=128, momentum=0.0,
-                  weight_decay=0.0, lr_schedule="constant", batchnorm=False)
+    config = tiny(
+        tmp_path,
+        method="end-to-end",
+        n_modules=3,
+        n_train=128,
+        momentum=0.0,
+        weight_decay=0.0,
+        lr_schedule="constant",
+        batchnorm=False,
+    )
     summary = run_experiment(config)
     assert summary["status"] == "finished"
     assert len(checked) == 2 and min(checked) > 0  # gradient did reach module 1
@@ -132,8 +134,15 @@ METHODS = ["sequential", "parallel", "multilap", "end-to-end"]
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_every_method_and_architecture_records_per_module_accuracy(tmp_path, arch, method):
     epochs = 2 if method == "multilap" else 1
-    config = tiny(tmp_path, arch=arch, method=method, n_modules=3, epochs=epochs, laps=2,
-                  width=8 if arch != "resnet18" else 4)
+    config = tiny(
+        tmp_path,
+        arch=arch,
+        method=method,
+        n_modules=3,
+        epochs=epochs,
+        laps=2,
+        width=8 if arch != "resnet18" else 4,
+    )
     events: list[str] = []
     summary = run_experiment(config, callbacks=[lambda e, info: events.append(e)])
     run = tmp_path / "run"
@@ -148,7 +157,9 @@ def test_every_method_and_architecture_records_per_module_accuracy(tmp_path, arc
     assert all({"loss", "acc", "lr", "epoch"} <= set(r) for r in rows)
     assert all("images_per_s" in r and "seconds" in r for r in rows if r["split"] == "train")
     assert sorted(p.name for p in (run / "checkpoints").glob("module_*.pt")) == [
-        "module_1.pt", "module_2.pt", "module_3.pt"
+        "module_1.pt",
+        "module_2.pt",
+        "module_3.pt",
     ]
     assert events[0] == RUN_START and events[-1] == RUN_END
     assert events.count(MODULE_DONE) == 3 * (2 if method == "multilap" else 1)
@@ -160,16 +171,31 @@ def test_multilap_visits_every_module_on_every_lap(tmp_path):
     config = tiny(tmp_path, method="multilap", n_modules=3, epochs=3, laps=2)
     phases = plan(config)
     assert [(p.lap, p.modules, p.epochs) for p in phases] == [
-        (0, (0,), 2), (0, (1,), 2), (0, (2,), 2), (1, (0,), 1), (1, (1,), 1), (1, (2,), 1)
+        (0, (0,), 2),
+        (0, (1,), 2),
+        (0, (2,), 2),
+        (1, (0,), 1),
+        (1, (1,), 1),
+        (1, (2,), 1),
     ]
     assert [p.first_epoch for p in phases] == [0, 0, 0, 2, 2, 2]
 
 
 def test_parallel_resnet_with_kinetic_term_learns(tmp_path):
     """DGL + TRGL's regularizer on a ResNet-20 learns the digits well above chance (10%)."""
-    config = tiny(tmp_path, arch="resnet20", n_modules=3, method="parallel",
-                  regularization="kinetic", tau=1.0, n_train=1500, n_test=500, epochs=3,
-                  width=8, lr=0.05)
+    config = tiny(
+        tmp_path,
+        arch="resnet20",
+        n_modules=3,
+        method="parallel",
+        regularization="kinetic",
+        tau=1.0,
+        n_train=1500,
+        n_test=500,
+        epochs=3,
+        width=8,
+        lr=0.05,
+    )
     summary = run_experiment(config)
     accs = summary["per_module_test_acc"]
     assert min(accs) > 0.5, accs

@@ -34,8 +34,10 @@ def test_live_plots_are_throttled_and_batched(tmp_path, monkeypatch):
     original = plots.draw
     monkeypatch.setattr(plots, "draw", lambda **kw: (draws.append(len(plots.rows)), original(**kw)))
     epochs: list[int] = []
-    run_experiment(tiny(tmp_path, n_modules=3, epochs=1),
-                   callbacks=[plots, lambda e, i: epochs.append(1) if e == EPOCH_END else None])
+    run_experiment(
+        tiny(tmp_path, n_modules=3, epochs=1),
+        callbacks=[plots, lambda e, i: epochs.append(1) if e == EPOCH_END else None],
+    )
     assert len(epochs) == 3
     assert draws == [0, 6]  # start (no rows yet) and end (3 epochs x train/test rows)
     assert [len(trace.x) for trace in plots.accuracy.data] == [1, 1, 1]
@@ -62,8 +64,16 @@ def test_panel_presets_fill_the_form():
 
 def test_panel_trains_in_a_thread_and_stop_leaves_a_stopped_run(tmp_path):
     out = tmp_path / "run"
-    panel = WorkbenchPanel(n_train=256, n_test=128, width=8, batch_size=32, n_modules=4,
-                           epochs=20, device="cpu", out=str(out))
+    panel = WorkbenchPanel(
+        n_train=256,
+        n_test=128,
+        width=8,
+        batch_size=32,
+        n_modules=4,
+        epochs=20,
+        device="cpu",
+        out=str(out),
+    )
     panel.start()
     assert panel.running and panel.start_button.disabled and not panel.stop_button.disabled
     deadline = time.monotonic() + 120

@@ -46,24 +46,28 @@ def module_series(
     return dict(sorted(series.items()))
 
 
-def accuracy_figure(rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0) -> go.Figure:
-    """Each module's test accuracy per epoch: one line per module."""
-    series = module_series(rows, "test", "acc")
+def _per_module_figure(
+    rows: Sequence[Mapping[str, Any]], n_modules: int, split: str, key: str
+) -> go.Figure:
+    """One line per module of `key` on `split` against the epoch (empty lines for the rest)."""
+    series = module_series(rows, split, key)
     fig = go.Figure()
     for k in range(1, max([n_modules, *series]) + 1):
         xs, ys = series.get(k, ([], []))
         fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=f"module {k}")
+    return fig
+
+
+def accuracy_figure(rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0) -> go.Figure:
+    """Each module's test accuracy per epoch: one line per module."""
+    fig = _per_module_figure(rows, n_modules, "test", "acc")
     fig.update_yaxes(range=ACC_RANGE)
     return _layout(fig, "Test accuracy of each module", "epoch (all modules, in order)", "accuracy")
 
 
 def loss_figure(rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0) -> go.Figure:
     """Each module's training loss per epoch."""
-    series = module_series(rows, "train", "loss")
-    fig = go.Figure()
-    for k in range(1, max([n_modules, *series]) + 1):
-        xs, ys = series.get(k, ([], []))
-        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=f"module {k}")
+    fig = _per_module_figure(rows, n_modules, "train", "loss")
     return _layout(fig, "Training loss of each module", "epoch (all modules, in order)", "loss")
 
 
