@@ -6,7 +6,6 @@ The loop calls every callback with `(event, info)` at four moments (EVENTS) and 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +18,6 @@ EVENTS = (RUN_START, EPOCH_END, MODULE_DONE, RUN_END)
 
 class StopRequested(Exception):
     """Raised inside the loop when the stop flag is set; the run ends with status 'stopped'."""
-
-
-def make_stop_flag() -> threading.Event:
-    """A flag another thread (a Stop button) sets to end the run between two steps."""
-    return threading.Event()
 
 
 class TqdmProgress:
