@@ -50,6 +50,20 @@ INITS = ("default", "orthogonal")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 MAX_AUX_DEPTH = 3
+# fields whose value comes from a fixed list: validation, the panel's dropdowns and help read it
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": tuple(DATASETS),
+    "augment": AUGMENTS,
+    "arch": ARCHS,
+    "aux_type": AUX_TYPES,
+    "downsampling": DOWNSAMPLINGS,
+    "init": INITS,
+    "method": METHODS,
+    "regularization": REGULARIZATIONS,
+    "lr_schedule": LR_SCHEDULES,
+    "device": DEVICES,
+    "precision": PRECISIONS,
+}
 # per architecture family (name without its depth digits)
 DEFAULT_WIDTHS = {"greedy-cnn": 32, "resnet": 16, "resnet18": 64, "vgg": 64}
 NATIVE_DOWNSAMPLING = {"greedy-cnn": "invertible", "resnet": "stride", "vgg": "maxpool"}
@@ -280,11 +294,10 @@ def _validate_schedule(config: Config) -> None:
 
 
 def _validate(c: Config) -> None:
-    _choice("dataset", c.dataset, list(DATASETS))
+    for name, allowed in FIELD_CHOICES.items():  # first: later checks use these fields
+        _choice(name, getattr(c, name), allowed)
     _at_least("n_train", c.n_train, 0, "0 (all) or a positive subset size")
     _at_least("n_test", c.n_test, 0, "0 (all) or a positive subset size")
-    _choice("augment", c.augment, AUGMENTS)
-    _choice("arch", c.arch, ARCHS)
     _at_least(
         "width", c.width, 0, "0 (the architecture's default) or a positive number of channels"
     )
@@ -296,24 +309,18 @@ def _validate(c: Config) -> None:
         )
     if not 0 <= c.aux_depth <= MAX_AUX_DEPTH:
         raise ConfigError(f"aux_depth: got {c.aux_depth}; allowed: 0 to {MAX_AUX_DEPTH}")
-    _choice("aux_type", c.aux_type, AUX_TYPES)
     _at_least("aux_width", c.aux_width, 0, "0 (the module's width) or a positive width")
-    _choice("downsampling", c.downsampling, DOWNSAMPLINGS)
-    _choice("init", c.init, INITS)
-    _choice("method", c.method, METHODS)
     _at_least("laps", c.laps, 1, "a positive number of laps")
     if c.method == "multilap" and c.laps > c.epochs:
         raise ConfigError(
             f"laps: got {c.laps}; allowed: 1 to epochs ({c.epochs}), so each lap has an epoch"
         )
-    _choice("regularization", c.regularization, REGULARIZATIONS)
     if not c.tau > 0 or math.isinf(c.tau):
         raise ConfigError(f"tau: got {c.tau!r}; allowed: a finite number > 0")
     _at_least("epochs", c.epochs, 1, "a positive number of epochs")
     _at_least("batch_size", c.batch_size, 1, "a positive batch size")
     if not c.lr > 0 or math.isinf(c.lr):
         raise ConfigError(f"lr: got {c.lr!r}; allowed: a finite number > 0")
-    _choice("lr_schedule", c.lr_schedule, LR_SCHEDULES)
     _at_least("lr_step", c.lr_step, 1, "a positive number of epochs")
     if not 0 < c.lr_decay <= 1:
         raise ConfigError(f"lr_decay: got {c.lr_decay!r}; allowed: 0 < lr_decay <= 1")
@@ -324,8 +331,6 @@ def _validate(c: Config) -> None:
         raise ConfigError(
             f"label_smoothing: got {c.label_smoothing!r}; allowed: 0 <= label_smoothing < 1"
         )
-    _choice("device", c.device, DEVICES)
-    _choice("precision", c.precision, PRECISIONS)
     _validate_schedule(c)
 
 

@@ -30,21 +30,6 @@ NOTEBOOK_PARAMETERS: tuple[tuple[str, str, Any, str], ...] = (
     ("out_dir", "str", "", "the run folder; overrides out when set (the sweep sets it)"),
 )
 
-# Fields whose allowed values are a fixed list: their help names the list.
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": tuple(config_module.DATASETS),
-    "augment": config_module.AUGMENTS,
-    "arch": config_module.ARCHS,
-    "aux_type": config_module.AUX_TYPES,
-    "downsampling": config_module.DOWNSAMPLINGS,
-    "init": config_module.INITS,
-    "method": config_module.METHODS,
-    "regularization": config_module.REGULARIZATIONS,
-    "lr_schedule": config_module.LR_SCHEDULES,
-    "device": config_module.DEVICES,
-    "precision": config_module.PRECISIONS,
-}
-
 
 def field_comments() -> dict[str, str]:
     """The trailing comment of each field in Config's source: the fields' one documentation."""
@@ -85,7 +70,7 @@ def field_help(name: str, room: int = LINE_LENGTH) -> str:
     comment = re.sub(r"^one of [A-Z_]+;\s*", "", comment)  # the list itself is named below
     comment = comment.replace(" = ", ": ").replace("=", ":")
     candidates = [comment]
-    choices = _CHOICES.get(name)
+    choices = config_module.FIELD_CHOICES.get(name)
     if choices and not all(c in comment for c in choices):
         listed = f"one of {', '.join(choices)}"
         candidates = [f"{listed}; {comment}" if comment else listed, listed, comment]

@@ -22,18 +22,8 @@ from workbench.events import RUN_END
 from workbench.presets import PRESETS
 from workbench.ui.live import LivePlots
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": tuple(cfg.DATASETS),
-    "augment": cfg.AUGMENTS,
-    "arch": cfg.ARCHS,
-    "aux_type": cfg.AUX_TYPES,
-    "downsampling": cfg.DOWNSAMPLINGS,
-    "init": cfg.INITS,
-    "method": cfg.METHODS,
-    "regularization": cfg.REGULARIZATIONS,
-    "lr_schedule": cfg.LR_SCHEDULES,
-    "device": cfg.DEVICES,
-    "precision": cfg.PRECISIONS,
+CHOICES: dict[str, tuple[Any, ...]] = {
+    **cfg.FIELD_CHOICES,
     "aux_depth": tuple(range(cfg.MAX_AUX_DEPTH + 1)),
 }
 SUGGESTIONS = {"schedule": ["standard", "accelerated", "1,3", "2,4"]}
