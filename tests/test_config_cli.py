@@ -42,8 +42,14 @@ def test_every_preset_builds_a_valid_config(name):
 def test_presets_follow_the_papers():
     k1 = preset("belilovsky-k1-cifar10")
     assert (k1.n_modules, k1.width, k1.batchnorm, k1.aux_depth) == (5, 256, False, 1)
-    assert k1.downsampling_positions() == [1, 3]
+    assert k1.downsampling_positions() == [3, 4]  # layerCNN's --down [1,2], counted from 0
     assert (k1.lr, k1.lr_step, k1.lr_decay, k1.epochs, k1.weight_decay) == (0.1, 15, 0.2, 50, 5e-4)
+    assert k1.momentum_restart and k1.normalization == "layercnn" and k1.conv_bias == "first"
+    dgl = preset("dgl-cifar10")
+    assert (dgl.downsampling, dgl.aux_type, dgl.last_aux_type) == ("maxpool", "mlp-sr", "mlp")
+    stl = preset("trgl-resnet110-stl10")
+    assert (stl.batch_size, stl.lr, stl.epochs, stl.aux_type) == (64, 0.002, 300, "1cnn")
+    assert stl.eval_protocol == "trgl-best" and stl.shortcut == "A"
     trgl = preset("trgl-resnet32-cifar10")
     assert (trgl.regularization, trgl.lr, trgl.label_smoothing, trgl.init) == (
         "kinetic",
@@ -56,8 +62,18 @@ def test_presets_follow_the_papers():
 # (CLI arguments, field named in the error, text that must appear in it)
 BAD_INPUTS = [
     (["--arch", "resnet99"], "arch", "greedy-cnn"),
-    (["--aux-depth", "-1"], "aux_depth", "0 to 3"),
-    (["--aux-depth", "4"], "aux_depth", "0 to 3"),
+    (["--aux-depth", "-1"], "aux_depth", "0 to 4"),
+    (["--aux-depth", "5"], "aux_depth", "0 to 4"),
+    (["--last-aux-depth", "-2"], "last_aux_depth", "-1 (as aux_depth) or 0 to 4"),
+    (["--image-size", "64"], "image_size", "streamed datasets"),
+    (["--dataset", "cifar10", "--augment", "resized-crop-flip"], "augment", "streamed"),
+    (["--normalization", "imagenet"], "normalization", "allowed: dataset"),
+    (["--n-units", "5", "--arch", "vgg11"], "n_units", "greedy-cnn and resnet"),
+    (["--conv-bias", "all", "--arch", "resnet20"], "conv_bias", "allowed: auto"),
+    (["--shortcut", "A"], "shortcut", "no residual blocks"),
+    (["--regularization", "kinetic"], "regularization", "no residual blocks"),
+    (["--eval-protocol", "best"], "eval_protocol", "trgl-best"),
+    (["--dataset", "imagenet", "--probe", "true"], "probe", "streamed"),
     (["--tau", "0"], "tau", "> 0"),
     (["--tau", "-1"], "tau", "> 0"),
     (["--epochs", "0"], "epochs", "positive"),
@@ -65,7 +81,7 @@ BAD_INPUTS = [
     (["--lr", "-0.1"], "lr", "> 0"),
     (["--batch-size", "0"], "batch_size", "positive"),
     (["--momentum", "1.5"], "momentum", "momentum < 1"),
-    (["--dataset", "imagenet"], "dataset", "cifar10"),
+    (["--dataset", "imagenet21k"], "dataset", "cifar10"),
     (["--downsampling", "pixelshuffle"], "downsampling", "invertible"),
     (["--method", "backprop"], "method", "end-to-end"),
     (["--aux-type", "transformer"], "aux_type", "mlp-sr"),
@@ -130,7 +146,7 @@ def test_console_script_gives_no_traceback_and_a_nonzero_exit(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == "workbench: error: aux_depth: got -1; allowed: 0 to 3"
+    assert result.stderr.strip() == "workbench: error: aux_depth: got -1; allowed: 0 to 4"
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench import Config
+from workbench import Config, ConfigError
 from workbench.config import ARCHS, accelerated_positions
 from workbench.models import BasicBlock, InvertibleDownsampling, TrunkModule, build_model
 from workbench.regularizers import kinetic_weight
@@ -76,14 +76,86 @@ def test_resnet_blocks_are_shared_out_in_order_with_the_stem_first():
     assert not isinstance(model.trunk[0][0], BasicBlock)  # the stem
 
 
-@pytest.mark.parametrize("aux_type", ["cnn", "mlp", "mlp-sr"])
-def test_aux_depth_adds_hidden_layers(aux_type):
+@pytest.mark.parametrize(
+    "aux_type, weight_layers",
+    [
+        ("cnn", [1, 1, 2, 3, 4]),
+        ("mlp", [1, 1, 2, 3, 4]),
+        ("mlp-sr", [1, 4, 5, 6, 7]),  # three 1x1 convs of spatial reduction, then the MLP
+        ("1cnn", [1, 1, 2, 3, 4]),
+    ],
+)
+def test_aux_depth_counts_the_heads_weight_layers(aux_type, weight_layers):
     sizes = []
-    for k in range(4):
+    for k in range(5):
         head = build_model(Config(aux_depth=k, aux_type=aux_type, width=8)).heads[0]
         hidden = [m for m in head if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         sizes.append(len(hidden))
-    assert sizes == [1, 1, 2, 3]  # k=0 and k=1 are a single linear layer
+    assert sizes == weight_layers  # k=0 and k=1 are a single linear layer
+
+
+def test_option_a_shortcut_subsamples_and_appends_zero_channels():
+    block = BasicBlock(4, 8, "stride", shortcut="A")
+    assert not list(block.shortcut.parameters())  # no weights in option A
+    x = torch.randn(2, 4, 8, 8)
+    out = block.shortcut(x)
+    assert out.shape == (2, 8, 4, 4)
+    assert torch.equal(out[:, :4], x[:, :, ::2, ::2])  # every second pixel, exactly
+    assert torch.equal(out[:, 4:], torch.zeros(2, 4, 4, 4))
+    b = BasicBlock(4, 8, "stride", shortcut="B")
+    assert isinstance(b.shortcut[0], torch.nn.Conv2d) and b.shortcut[0].kernel_size == (1, 1)
+
+
+def test_option_a_is_the_cifar_resnets_default_and_b_with_psi():
+    def shortcuts(**fields):
+        model = build_model(Config(arch="resnet20", dataset="cifar10", **fields))
+        return {type(u.shortcut).__name__ for m in model.trunk for u in m if hasattr(u, "branch")}
+
+    assert shortcuts() == {"Identity", "ZeroPadShortcut"}
+    assert shortcuts(shortcut="B") == {"Identity", "Sequential"}
+    assert shortcuts(downsampling="invertible") == {"Identity", "Sequential"}
+    with pytest.raises(ConfigError, match="shortcut: got 'A' with downsampling 'invertible'"):
+        Config(arch="resnet20", shortcut="A", downsampling="invertible")
+
+
+def test_any_number_of_residual_blocks_each_its_own_module():
+    config = Config(arch="resnet", n_units=10, n_modules=10, dataset="cifar10")
+    model = build_model(config)
+    assert len(model) == 10
+    blocks = [sum(isinstance(u, BasicBlock) for u in m) for m in model.trunk]
+    assert blocks == [1] * 10
+    assert config.downsampling_positions() == [5, 8]  # stages of 4, 3 and 3 blocks
+    assert all(z.shape == (2, 10) for z in model.per_module_logits(torch.randn(2, 3, 32, 32)))
+
+
+def test_several_greedy_layers_make_one_module():
+    model = build_model(Config(n_units=6, n_modules=2, width=8, schedule="1,4"))
+    assert [len(m) for m in model.trunk] == [3, 3]
+    with pytest.raises(ConfigError, match="n_modules: got 7; allowed: 1 to 6"):
+        Config(n_units=6, n_modules=7)
+
+
+def test_conv_bias_follows_the_reference_codes():
+    def biases(**fields):
+        model = build_model(Config(n_modules=3, width=8, **fields))
+        return [m[0].conv.bias is not None for m in model.trunk]
+
+    assert biases() == [False, False, False]  # BN follows: no bias
+    assert biases(batchnorm=False) == [True, True, True]
+    assert biases(batchnorm=False, conv_bias="first") == [True, False, False]  # layerCNN CIFAR
+    assert biases(conv_bias="all") == [True, True, True]  # DGL's convs
+
+
+def test_last_module_gets_its_own_head_family():
+    model = build_model(Config(n_modules=3, width=8, last_aux_type="mlp", last_aux_depth=3))
+    assert any(isinstance(m, torch.nn.Conv2d) for m in model.heads[0])
+    last = [m for m in model.heads[-1] if isinstance(m, torch.nn.Linear)]
+    assert [lin.out_features for lin in last] == [4 * 16, 4 * 16, 10]  # 2 hidden of 4C
+
+
+def test_kinetic_needs_residual_blocks():
+    with pytest.raises(ConfigError, match="regularization: got 'kinetic' for greedy-cnn"):
+        Config(regularization="kinetic")
 
 
 def test_kinetic_energy_is_the_mean_squared_residual():

@@ -148,7 +148,7 @@ def test_bad_grids_are_refused_in_one_line_before_anything_runs(tmp_path):
         return str(e.value)
 
     assert refused("grid: {aux_depth: [1, 7]}") == (
-        "grid point aux_depth=7: aux_depth: got 7; allowed: 0 to 3"
+        "grid point aux_depth=7: aux_depth: got 7; allowed: 0 to 4"
     )
     assert "unknown field 'aux_deep'" in refused("grid: {aux_deep: [1]}")
     assert "allowed: a non-empty list" in refused("grid: {aux_depth: 1}")
@@ -170,7 +170,7 @@ def test_bad_grids_are_refused_in_one_line_before_anything_runs(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "workbench sweep: error: grid point arch=resnet21: arch: got 'resnet21'; allowed: "
-        "greedy-cnn, resnet20, resnet32, resnet56, resnet110, resnet18, vgg11, vgg13"
+        "greedy-cnn, resnet20, resnet32, resnet56, resnet110, resnet, resnet18, vgg11, vgg13"
     ]
     assert not (tmp_path / "cli").exists()
 

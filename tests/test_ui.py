@@ -58,8 +58,8 @@ def test_panel_presets_fill_the_form():
     panel = WorkbenchPanel(epochs=7)
     panel.preset.value = "belilovsky-k1-cifar10"
     config = panel.config()
-    assert config == Config(**PRESETS["belilovsky-k1-cifar10"][1])
-    assert config.epochs == 50 and config.schedule == "1,3"
+    assert config == Config(**PRESETS["belilovsky-k1-cifar10"].values)
+    assert config.epochs == 50 and config.schedule == "3,4"
 
 
 def test_panel_trains_in_a_thread_and_stop_leaves_a_stopped_run(tmp_path):

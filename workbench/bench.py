@@ -158,6 +158,11 @@ class Bench:
                 "epochs": 1,
             }
         )
+        if self.config.dataset_info.streamed:  # its sections time the in-memory batches
+            raise ConfigError(
+                f"dataset: got {args.dataset!r} for bench; allowed: a dataset held in memory "
+                "(mnist-5k, mnist, fashion-mnist, cifar10, cifar100, svhn, stl10)"
+            )
         self.quick = args.quick
         self.device = resolve_device(self.config.device)
         check_speed_options(self.config)

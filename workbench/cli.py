@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from workbench.config import Config, ConfigError, config_fields
 from workbench.events import TqdmProgress
-from workbench.presets import PRESETS, preset
+from workbench.presets import PRESETS, Preset, preset
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,13 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             run.add_argument(flag, dest=f.name, help=_flag_help(f))
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    commands.add_parser("presets", help="list the presets and the fields each one sets")
+    presets = commands.add_parser("presets", help="list the presets and the fields each one sets")
+    presets.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object keyed by preset name: description, paper_number, metric, "
+        "reference, values, trunk_params and head_params (per module)",
+    )
     # the batch and benchmark commands live beside their code; each adds its own flags
+    from workbench.batch.reproduce import add_reproduce_arguments
     from workbench.batch.sweep import add_sweep_arguments
     from workbench.bench import add_bench_arguments
 
     add_sweep_arguments(commands.add_parser("sweep", help="run a grid of experiments"))
     add_bench_arguments(commands.add_parser("bench", help="benchmark the training methods"))
+    add_reproduce_arguments(
+        commands.add_parser("reproduce", help="paper presets' runs beside the papers' numbers")
+    )
     return parser
 
 
@@ -92,19 +102,39 @@ def format_results(summary: dict[str, Any]) -> str:
 
 def list_presets() -> str:
     rows = []
-    for name, (description, values) in PRESETS.items():
-        rows.append(f"{name}\n    {description}")
-        if values:
+    for name, p in PRESETS.items():
+        number = f" [paper: {p.paper_number}%]" if p.paper_number is not None else ""
+        rows.append(f"{name}{number}\n    {p.description}")
+        if p.values:
             rows.append(
-                "    " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+                "    " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in p.values.items())
             )
     return "\n".join(rows)
+
+
+def preset_facts(name: str, p: Preset) -> dict[str, Any]:
+    """What `presets --json` says of one preset, parameter counts included (built on the meta
+    device: nothing is allocated, so ImageNet-sized nets are counted in a moment)."""
+    from workbench.models import parameter_counts
+
+    return {
+        "description": p.description,
+        "paper_number": p.paper_number,
+        "metric": p.metric,
+        "reference": p.reference,
+        "values": p.values,
+        **parameter_counts(p.config()),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "presets":
-        print(list_presets())
+        if args.json:
+            facts = {name: preset_facts(name, p) for name, p in PRESETS.items()}
+            print(json.dumps(facts, indent=2))
+        else:
+            print(list_presets())
         return 0
     if args.command == "sweep":
         from workbench.batch.sweep import sweep_main
@@ -114,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workbench.bench import bench_main
 
         return bench_main(args)
+    if args.command == "reproduce":
+        from workbench.batch.reproduce import reproduce_main
+
+        return reproduce_main(args)
     from workbench.training import run_experiment  # torch import only when training
 
     try:

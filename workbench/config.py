@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from workbench.models import archs
+
 
 class ConfigError(ValueError):
     """A config field holds a value that is not allowed; the message is one line for the user."""
@@ -23,9 +25,11 @@ class DatasetInfo:
     """What the config needs to know about a dataset before loading it (as the model sees it)."""
 
     channels: int
-    size: int  # height == width, after the loader's padding (MNIST-family 28 -> 32)
-    num_classes: int
-    augment: str  # the papers' default augmentation: "none", "crop" or "crop-flip"
+    size: int  # height == width, after the loader's padding (MNIST-family 28 -> 32); streamed:
+    # the default training crop (image_size overrides it)
+    num_classes: int  # 0: read from the data (a folder's class folders)
+    augment: str  # the papers' default augmentation (one of AUGMENTS but auto)
+    streamed: bool = False  # read from image files by DataLoader workers, not held in memory
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -36,37 +40,54 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(3, 32, 100, "crop-flip"),
     "svhn": DatasetInfo(3, 32, 10, "crop"),
     "stl10": DatasetInfo(3, 96, 10, "crop-flip"),
+    # streamed from image files (ImageNet-size): torchvision's ImageFolder layouts
+    "imagefolder": DatasetInfo(3, 224, 0, "resized-crop-flip", streamed=True),
+    "imagenet": DatasetInfo(3, 224, 1000, "resized-crop-flip", streamed=True),
+    "tiny-imagenet": DatasetInfo(3, 64, 200, "crop-flip", streamed=True),
 }
 
-RESNET_DEPTHS = (20, 32, 56, 110)
-ARCHS = ("greedy-cnn", *(f"resnet{d}" for d in RESNET_DEPTHS), "resnet18", "vgg11", "vgg13")
-AUX_TYPES = ("cnn", "mlp", "mlp-sr")
+ARCHS = archs.ARCHS
+accelerated_positions = archs.accelerated_positions  # re-exported: Ma et al.'s schedule
+AUX_TYPES = ("cnn", "mlp", "mlp-sr", "1cnn")
+LAST_AUX_TYPES = ("same", *AUX_TYPES, "vgg")
 DOWNSAMPLINGS = ("auto", "invertible", "maxpool", "avgpool", "stride")
+SHORTCUTS = ("auto", "A", "B")
+CONV_BIASES = ("auto", "all", "none", "first")
 METHODS = ("sequential", "parallel", "multilap", "end-to-end")
 REGULARIZATIONS = ("none", "kinetic")
 LR_SCHEDULES = ("constant", "step", "cosine")
-AUGMENTS = ("auto", "none", "crop", "crop-flip")
-INITS = ("default", "orthogonal")
+AUGMENTS = ("auto", "none", "crop", "crop-flip", "resized-crop-flip")
+# per-channel (mean, std) of pixel / 255; "dataset" measures them on the training set
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "dataset": None,
+    "layercnn": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),  # layerCNN's and DGL's
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # TRGL's STL-10
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+INITS = ("default", "orthogonal", "kaiming")
+EVAL_PROTOCOLS = ("last", "trgl-best")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-MAX_AUX_DEPTH = 3
+MAX_AUX_DEPTH = 4
 # fields whose value comes from a fixed list: validation, the panel's dropdowns and help read it
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": tuple(DATASETS),
     "augment": AUGMENTS,
     "arch": ARCHS,
+    "normalization": tuple(NORMALIZATIONS),
+    "conv_bias": CONV_BIASES,
+    "shortcut": SHORTCUTS,
     "aux_type": AUX_TYPES,
+    "last_aux_type": LAST_AUX_TYPES,
     "downsampling": DOWNSAMPLINGS,
     "init": INITS,
     "method": METHODS,
     "regularization": REGULARIZATIONS,
     "lr_schedule": LR_SCHEDULES,
+    "eval_protocol": EVAL_PROTOCOLS,
     "device": DEVICES,
     "precision": PRECISIONS,
 }
-# per architecture family (name without its depth digits)
-DEFAULT_WIDTHS = {"greedy-cnn": 32, "resnet": 16, "resnet18": 64, "vgg": 64}
-NATIVE_DOWNSAMPLING = {"greedy-cnn": "invertible", "resnet": "stride", "vgg": "maxpool"}
 
 
 @dataclass(frozen=True)
@@ -79,18 +100,26 @@ class Config:
     n_train: int = 0  # training subset size; 0 = the whole training set
     n_test: int = 0  # test subset size; 0 = the whole test set
     augment: str = "auto"  # auto = the papers' choice for the dataset (crop+flip on CIFAR)
+    normalization: str = "dataset"  # dataset (its training set's mean/std), or a paper's values
+    image_size: int = 0  # streamed datasets: the training crop; 0 = the dataset's (224, Tiny 64)
+    data_workers: int = 0  # streamed datasets: DataLoader worker processes; 0 = CPU cores, <= 8
     allow_modified_copy: bool = False  # accept files whose checksums differ from the originals
     # model
     arch: str = "greedy-cnn"
+    n_units: int = 0  # conv layers (greedy-cnn) or blocks (resnet); 0 = the arch's own count
     width: int = 0  # first layer's channels, doubling at each downsampling; 0 = the arch's default
     batchnorm: bool = True  # BN in the greedy CNN's layers (Belilovsky's k=1 net has none)
-    n_modules: int = 4  # locally supervised modules (greedy-cnn: one conv layer each)
-    aux_depth: int = 2  # k: hidden layers of each auxiliary head, 0..3 (0 = global pool + linear)
-    aux_type: str = "cnn"  # DGL's families: cnn, mlp, mlp-sr
+    conv_bias: str = "auto"  # plain nets' conv bias: auto (where no BN follows), all, none, first
+    shortcut: str = "auto"  # resnets: A (subsample + zero channels, He et al.), B (1x1 conv + BN)
+    n_modules: int = 4  # locally supervised modules (greedy-cnn: one conv layer each by default)
+    aux_depth: int = 2  # k as in Belilovsky: the head's weight layers, 1..4 (0 = global pool)
+    aux_type: str = "cnn"  # cnn, mlp, mlp-sr (DGL's study), 1cnn (TRGL's)
     aux_width: int = 0  # M~ at the first module, doubling with the trunk; 0 = the module's width
+    last_aux_type: str = "same"  # the last module's head family (DGL's: mlp); same = aux_type
+    last_aux_depth: int = -1  # the last module's head depth; -1 = aux_depth
     downsampling: str = "auto"  # auto = the architecture's own (invertible, stride, maxpool)
     schedule: str = "standard"  # standard, accelerated (Ma et al.), or 1-indexed positions "1,3"
-    init: str = "default"  # default, or orthogonal with gain 0.1 (TRGL)
+    init: str = "default"  # default (PyTorch's), orthogonal gain 0.1 (TRGL), kaiming (VGG)
     # training
     method: str = "sequential"
     laps: int = 2  # multilap only: passes over the modules, epochs/laps epochs each per lap
@@ -98,14 +127,18 @@ class Config:
     tau: float = 1.0  # kinetic weight is 1/(2 tau): large tau = weak regularization
     varying_tau: bool = False  # the first half of the modules use tau/2
     epochs: int = 3  # epochs each module trains, in every method (multilap splits them in laps)
+    extra_epochs_per_module: int = 0  # sequential/multilap: module k trains (k-1) x more (TRGL)
     batch_size: int = 128
     lr: float = 0.05
     lr_schedule: str = "cosine"
     lr_step: int = 15  # step schedule: multiply by lr_decay every lr_step epochs
     lr_decay: float = 0.2
+    momentum_restart: bool = False  # step schedule: zero the momentum at each decay (layerCNN)
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
+    eval_protocol: str = "last"  # last (last epoch, full test set) or trgl-best (TRGL's)
     probe: bool = False  # after training, fit a linear probe on each module's features (Ma et al.)
     device: str = "auto"
     # speed (see `workbench bench`); none of these changes what is computed beyond rounding
@@ -153,15 +186,17 @@ class Config:
         return DATASETS[self.dataset]
 
     @property
+    def input_size(self) -> int:
+        """The images' height (== width) as the trunk sees them."""
+        return self.image_size or self.dataset_info.size
+
+    @property
     def resolved_width(self) -> int:
-        family = self.arch.rstrip("0123456789")
-        return self.width or DEFAULT_WIDTHS.get(self.arch, DEFAULT_WIDTHS[family])
+        return self.width or archs.ARCHITECTURES[self.arch].default_width
 
     @property
     def resolved_downsampling(self) -> str:
-        if self.downsampling != "auto":
-            return self.downsampling
-        return NATIVE_DOWNSAMPLING[self.arch.rstrip("0123456789")]
+        return archs.resolved_downsampling(self)
 
     @property
     def resolved_augment(self) -> str:
@@ -169,7 +204,7 @@ class Config:
 
     def downsampling_positions(self) -> list[int]:
         """1-indexed trunk units (conv layers or residual blocks) whose input is downsampled."""
-        return resolve_schedule(self)
+        return archs.resolve_schedule(self, self.input_size)
 
     def tau_for_module(self, module: int) -> float:
         """TRGL's "varying tau": the first half of the modules use tau / 2."""
@@ -217,53 +252,11 @@ def _at_least(name: str, value: float, low: float, what: str = "") -> None:
 
 def n_units(config: Config) -> int:
     """How many units (conv layers / residual blocks) the trunk has, stem excluded."""
-    if config.arch == "greedy-cnn":
-        return config.n_modules
-    if config.arch == "resnet18":
-        return 8
-    if config.arch.startswith("resnet"):
-        return 3 * ((int(config.arch[6:]) - 2) // 6)
-    return {"vgg11": 8, "vgg13": 10}[config.arch]
-
-
-def standard_positions(config: Config) -> list[int]:
-    """The architecture's usual downsampling positions (1-indexed units)."""
-    if config.arch == "greedy-cnn":
-        # psi on the input, then before every second layer (Belilovsky's k=1 net: 1,3), while
-        # the maps stay at least 4x4
-        limit = int(math.log2(config.dataset_info.size)) - 2
-        return list(range(1, config.n_modules + 1, 2))[:limit]
-    if config.arch == "resnet18":
-        return [3, 5, 7]
-    if config.arch.startswith("resnet"):
-        n = n_units(config) // 3
-        return [n + 1, 2 * n + 1]
-    return {"vgg11": [2, 3, 5, 7], "vgg13": [3, 5, 7, 9]}[config.arch]
-
-
-def accelerated_positions(standard: list[int]) -> list[int]:
-    """Ma et al.'s remedy made concrete: each downsampling moves to half its depth.
-
-    Position p becomes ceil(p / 2), kept strictly increasing, so the same number of
-    downsamplings happen earlier and the deeper modules work on smaller, wider maps.
-    """
-    moved: list[int] = []
-    for p in standard:
-        q = max(math.ceil(p / 2), (moved[-1] + 1) if moved else 1)
-        moved.append(q)
-    return moved
-
-
-def resolve_schedule(config: Config) -> list[int]:
-    if config.schedule == "standard":
-        return standard_positions(config)
-    if config.schedule == "accelerated":
-        return accelerated_positions(standard_positions(config))
-    return [int(p) for p in config.schedule.split(",") if p.strip()]
+    return archs.unit_count(config)
 
 
 def _validate_schedule(config: Config) -> None:
-    total = n_units(config)
+    total = archs.unit_count(config)
     if config.schedule not in ("standard", "accelerated"):
         parts = [p.strip() for p in config.schedule.split(",")]
         if not all(p.isdigit() for p in parts if p) or not any(parts):
@@ -271,7 +264,7 @@ def _validate_schedule(config: Config) -> None:
                 f"schedule: got {config.schedule!r}; allowed: standard, accelerated, or "
                 f"comma-separated layer positions between 1 and {total} like '1,3'"
             )
-    positions = resolve_schedule(config)
+    positions = config.downsampling_positions()
     if sorted(set(positions)) != positions:
         raise ConfigError(
             f"schedule: got {config.schedule!r}; allowed: positions in increasing order, "
@@ -282,7 +275,7 @@ def _validate_schedule(config: Config) -> None:
             f"schedule: got {config.schedule!r}; allowed: positions between 1 and {total} "
             f"({config.arch} with n_modules={config.n_modules} has {total} layers/blocks)"
         )
-    size = config.dataset_info.size
+    size = config.input_size
     if size % (2 ** len(positions)) != 0 or size // 2 ** len(positions) < 1:
         fits = 0
         while size % 2 ** (fits + 1) == 0:
@@ -296,24 +289,103 @@ def _validate_schedule(config: Config) -> None:
 def _validate(c: Config) -> None:
     for name, allowed in FIELD_CHOICES.items():  # first: later checks use these fields
         _choice(name, getattr(c, name), allowed)
+    _validate_data(c)
+    _validate_model(c)
+    _validate_training(c)
+    _validate_schedule(c)
+
+
+def _validate_data(c: Config) -> None:
     _at_least("n_train", c.n_train, 0, "0 (all) or a positive subset size")
     _at_least("n_test", c.n_test, 0, "0 (all) or a positive subset size")
+    info = c.dataset_info
+    streamed = [n for n, d in DATASETS.items() if d.streamed]
+    if c.image_size and not info.streamed:
+        raise ConfigError(
+            f"image_size: got {c.image_size} for {c.dataset}; allowed: 0 (the dataset's own "
+            f"size), or a crop size for the streamed datasets ({', '.join(streamed)})"
+        )
+    if c.image_size and (c.image_size < 8 or c.image_size % 2):
+        raise ConfigError(f"image_size: got {c.image_size}; allowed: 0 or an even size >= 8")
+    _at_least("data_workers", c.data_workers, 0, "0 (one per CPU core, up to 8) or a count")
+    if c.resolved_augment == "resized-crop-flip" and not info.streamed:
+        raise ConfigError(
+            f"augment: got 'resized-crop-flip' for {c.dataset}; allowed: none, crop, crop-flip "
+            f"(random resized crops are for the streamed datasets: {', '.join(streamed)})"
+        )
+    for name in ("probe", "cache_features"):
+        if getattr(c, name) and info.streamed:
+            raise ConfigError(
+                f"{name}: got true for {c.dataset}, which is streamed from image files; "
+                f"allowed: false (it needs the whole training set in memory)"
+            )
+    stats = NORMALIZATIONS[c.normalization]
+    if stats and len(stats[0]) != info.channels:
+        fitting = [n for n, v in NORMALIZATIONS.items() if not v or len(v[0]) == info.channels]
+        raise ConfigError(
+            f"normalization: got {c.normalization!r} ({len(stats[0])} channels) for "
+            f"{c.dataset}'s {info.channels}-channel images; allowed: {', '.join(fitting)}"
+        )
+
+
+def _validate_model(c: Config) -> None:
+    arch = archs.ARCHITECTURES[c.arch]
     _at_least(
         "width", c.width, 0, "0 (the architecture's default) or a positive number of channels"
     )
     _at_least("n_modules", c.n_modules, 1, "a positive number of modules")
-    if c.arch != "greedy-cnn" and c.n_modules > n_units(c):
+    _at_least("n_units", c.n_units, 0, "0 (the architecture's own) or a positive count")
+    if c.n_units and not arch.configurable_depth:
         raise ConfigError(
-            f"n_modules: got {c.n_modules}; allowed: 1 to {n_units(c)} for {c.arch} "
-            f"(it has {n_units(c)} blocks to share out)"
+            f"n_units: got {c.n_units} for {c.arch}, which has {arch.units}; allowed: 0, or any "
+            "count for greedy-cnn and resnet"
         )
-    if not 0 <= c.aux_depth <= MAX_AUX_DEPTH:
-        raise ConfigError(f"aux_depth: got {c.aux_depth}; allowed: 0 to {MAX_AUX_DEPTH}")
+    total = archs.unit_count(c)
+    if c.n_modules > total:
+        raise ConfigError(
+            f"n_modules: got {c.n_modules}; allowed: 1 to {total} for {c.arch} "
+            f"(it has {total} {'blocks' if arch.kind == 'resnet' else 'layers'} to share out)"
+        )
+    if arch.kind == "resnet" and c.conv_bias != "auto":
+        raise ConfigError(
+            f"conv_bias: got {c.conv_bias!r} for {c.arch}; allowed: auto (a ResNet's convs "
+            "are followed by BN and have no bias)"
+        )
+    if arch.kind != "resnet" and c.shortcut != "auto":
+        raise ConfigError(
+            f"shortcut: got {c.shortcut!r} for {c.arch}, which has no residual blocks; "
+            "allowed: auto"
+        )
+    if archs.resolved_shortcut(c) == "A" and c.resolved_downsampling == "invertible":
+        raise ConfigError(
+            "shortcut: got 'A' with downsampling 'invertible'; allowed: B (psi makes a block's "
+            "input 4C wide, more than its 2C output: no zero-padding shortcut fits)"
+        )
+    for name in ("aux_depth", "last_aux_depth"):
+        depth = getattr(c, name)
+        low = -1 if name == "last_aux_depth" else 0
+        if not low <= depth <= MAX_AUX_DEPTH:
+            what = "-1 (as aux_depth) or 0" if low < 0 else "0"
+            raise ConfigError(f"{name}: got {depth}; allowed: {what} to {MAX_AUX_DEPTH}")
     _at_least("aux_width", c.aux_width, 0, "0 (the module's width) or a positive width")
+    if c.regularization == "kinetic" and arch.kind != "resnet":
+        raise ConfigError(
+            f"regularization: got 'kinetic' for {c.arch}, which has no residual blocks (the "
+            "kinetic term penalises residual branches); allowed: none, or a resnet arch"
+        )
+
+
+def _validate_training(c: Config) -> None:
     _at_least("laps", c.laps, 1, "a positive number of laps")
     if c.method == "multilap" and c.laps > c.epochs:
         raise ConfigError(
             f"laps: got {c.laps}; allowed: 1 to epochs ({c.epochs}), so each lap has an epoch"
+        )
+    _at_least("extra_epochs_per_module", c.extra_epochs_per_module, 0, ">= 0")
+    if c.extra_epochs_per_module and c.method not in ("sequential", "multilap"):
+        raise ConfigError(
+            f"extra_epochs_per_module: got {c.extra_epochs_per_module} with method "
+            f"{c.method!r}; allowed: 0, or any count with sequential or multilap"
         )
     if not c.tau > 0 or math.isinf(c.tau):
         raise ConfigError(f"tau: got {c.tau!r}; allowed: a finite number > 0")
@@ -324,14 +396,20 @@ def _validate(c: Config) -> None:
     _at_least("lr_step", c.lr_step, 1, "a positive number of epochs")
     if not 0 < c.lr_decay <= 1:
         raise ConfigError(f"lr_decay: got {c.lr_decay!r}; allowed: 0 < lr_decay <= 1")
+    if c.momentum_restart and c.lr_schedule != "step":
+        raise ConfigError(
+            f"momentum_restart: got true with lr_schedule {c.lr_schedule!r}; allowed: true "
+            "only with the step schedule (it restarts momentum at each decay)"
+        )
     if not 0 <= c.momentum < 1:
         raise ConfigError(f"momentum: got {c.momentum!r}; allowed: 0 <= momentum < 1")
+    if c.nesterov and c.momentum == 0:
+        raise ConfigError("nesterov: got true with momentum 0; allowed: nesterov with momentum > 0")
     _at_least("weight_decay", c.weight_decay, 0, ">= 0")
     if not 0 <= c.label_smoothing < 1:
         raise ConfigError(
             f"label_smoothing: got {c.label_smoothing!r}; allowed: 0 <= label_smoothing < 1"
         )
-    _validate_schedule(c)
 
 
 def config_fields() -> list[dataclasses.Field]:

@@ -20,6 +20,7 @@ class Evaluation:
     per_module_acc: list[float]
     per_module_loss: list[float]
     ensemble_acc: float
+    per_module_top5: list[float]  # the label among the 5 highest logits (all, with < 5 classes)
 
 
 def _autocast(x: Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -43,7 +44,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     n = len(model) if upto is None else upto
-    correct = loss_sum = ensemble_correct = None
+    correct = loss_sum = ensemble_correct = top5 = None
     seen = 0
     for x, y in batches:
         with _autocast(x, autocast):
@@ -51,6 +52,9 @@ def evaluate(
         logits = torch.stack([z.float() for z in per_module])  # n x B x C
         losses = torch.stack([F.cross_entropy(z, y, reduction="sum") for z in logits])
         hits = (logits.argmax(-1) == y).sum(-1)
+        best5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # n x B x 5
+        hits5 = (best5 == y[:, None]).any(-1).sum(-1)
+        top5 = hits5 if top5 is None else top5 + hits5
         weights = 2.0 ** torch.arange(1, n + 1, device=logits.device, dtype=logits.dtype)
         ensemble = (weights[:, None, None] * logits).sum(0)
         ensemble_hits = (ensemble.argmax(-1) == y).sum()
@@ -62,10 +66,12 @@ def evaluate(
         seen += len(y)
     model.train(was_training)
     assert correct is not None and loss_sum is not None and ensemble_correct is not None
+    assert top5 is not None
     return Evaluation(
         per_module_acc=(correct.double() / seen).tolist(),
         per_module_loss=(loss_sum.double() / seen).tolist(),
         ensemble_acc=float(ensemble_correct) / seen,
+        per_module_top5=(top5.double() / seen).tolist(),
     )
 
 

@@ -113,13 +113,20 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def learning_rate(config: Config, epoch: float) -> float:
-    """The lr after `epoch` (fractional) of a module's `config.epochs` epochs."""
+def learning_rate(config: Config, epoch: float, total_epochs: int | None = None) -> float:
+    """The lr after `epoch` (fractional) of a module's `total_epochs` (default config.epochs)."""
     if config.lr_schedule == "step":
         return config.lr * config.lr_decay ** int(epoch // config.lr_step)
     if config.lr_schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / config.epochs, 1.0)))
+        span = total_epochs or config.epochs
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / span, 1.0)))
     return config.lr
+
+
+def restarts_momentum(config: Config, epoch: int) -> bool:
+    """Whether a module's SGD starts afresh at the start of its `epoch` (0-indexed): at each
+    step decay, as layerCNN's and DGL's ImageNet code build a new optimizer there."""
+    return config.momentum_restart and epoch > 0 and epoch % config.lr_step == 0
 
 
 class Trainer:
@@ -142,6 +149,9 @@ class Trainer:
         self.end_to_end = config.method == "end-to-end"
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.test_acc: dict[int, float] = {}  # latest test accuracy per module (1-indexed)
+        self.test_top5: dict[int, float] = {}
+        # TRGL's protocol: the best (accuracy, top-5, global epoch, module) seen so far
+        self.best: dict[str, Any] | None = None
         self.global_epoch = 0
         self.elapsed_before = 0.0  # wall time of earlier sessions of a resumed run
         self.session_start: float | None = None
@@ -175,12 +185,13 @@ class Trainer:
                 params,
                 lr=self.config.lr,
                 momentum=self.config.momentum,
+                nesterov=self.config.nesterov,
                 weight_decay=self.config.weight_decay,
             )
         return self.optimizers[key]
 
     def set_lr(self, keys: list[str], phase: Phase, epoch: float) -> float:
-        lr = learning_rate(self.config, phase.first_epoch + epoch)
+        lr = learning_rate(self.config, phase.first_epoch + epoch, phase.total_epochs)
         for key in keys:
             for group in self.optimizer(key).param_groups:
                 group["lr"] = lr
@@ -309,6 +320,9 @@ class Trainer:
         batches = self.train_batches if self.cache is None else self.cache
         stats = torch.zeros(len(phase.modules), 2, device=self.device)  # loss sum, correct
         n_batches, seen, lr = len(batches), 0, 0.0
+        if restarts_momentum(self.config, phase.first_epoch + epoch):
+            for key in keys:
+                self.optimizer(key).state.clear()  # SGD's state is its momentum buffers
         start = time.perf_counter()
         for i, (x, y) in enumerate(batches):
             if self.stop.is_set():
@@ -345,6 +359,7 @@ class Trainer:
         result = evaluate(self.model, self.test_batches, upto=upto, autocast=self.amp)
         for k in phase.modules:
             self.test_acc[k + 1] = result.per_module_acc[k]
+            self.test_top5[k + 1] = result.per_module_top5[k]
             rows.append(
                 {
                     **base,
@@ -352,9 +367,25 @@ class Trainer:
                     "split": "test",
                     "loss": result.per_module_loss[k],
                     "acc": result.per_module_acc[k],
+                    "top5": result.per_module_top5[k],
                 }
             )
+            if self.reports(phase, k):
+                self.track_best(k, result.per_module_acc[k], result.per_module_top5[k])
         return rows
+
+    # -- TRGL's protocol ---------------------------------------------------------------------
+    def reports(self, phase: Phase, k: int) -> bool:
+        """Whether module k's test accuracy counts for TRGL's best-epoch number: every module
+        of a parallel run (their code takes the best module each epoch), the last module of
+        the last lap otherwise (their sequential code reports its last submodel)."""
+        if len(phase.modules) > 1:
+            return True
+        return k == len(self.model) - 1 and phase.lap == self.phases[-1].lap
+
+    def track_best(self, k: int, acc: float, top5: float) -> None:
+        if self.best is None or acc > self.best["acc"]:
+            self.best = {"acc": acc, "top5": top5, "epoch": self.global_epoch, "module": k + 1}
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, phase_index: int, epochs_done: int, metrics_rows: int, elapsed: float) -> None:
@@ -366,6 +397,8 @@ class Trainer:
                 "metrics_rows": metrics_rows,
                 "global_epoch": self.global_epoch,
                 "test_acc": self.test_acc,
+                "test_top5": self.test_top5,
+                "best": self.best,
                 "elapsed": elapsed,
                 "model": self.model.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -383,6 +416,7 @@ class Trainer:
         for key, opt_state in state["optimizers"].items():
             self.optimizer(key).load_state_dict(opt_state)
         self.global_epoch, self.test_acc = state["global_epoch"], dict(state["test_acc"])
+        self.test_top5, self.best = dict(state.get("test_top5", {})), state.get("best")
         self.train_batches.epoch = self.global_epoch  # same data order as an unbroken run
         self.elapsed_before = state["elapsed"]
         torch.set_rng_state(state["rng"])
@@ -465,12 +499,27 @@ class Trainer:
 
     def progress_summary(self, elapsed: float) -> dict[str, Any]:
         trained = sorted(self.test_acc)
-        per_module = [self.test_acc[k] for k in trained]
-        return {
-            "per_module_test_acc": per_module,
-            "final_test_acc": self.test_acc.get(len(self.model)),
+        last = len(self.model)
+        out = {
+            "per_module_test_acc": [self.test_acc[k] for k in trained],
+            "per_module_test_top5": [self.test_top5.get(k) for k in trained],
+            "final_test_acc": self.test_acc.get(last),
+            "final_test_top5": self.test_top5.get(last),
             "wall_time_s": elapsed,
             "peak_memory_bytes": peak_memory_bytes(self.device),
+        }
+        return {**out, **self.protocol_numbers(out["final_test_acc"], out["final_test_top5"])}
+
+    def protocol_numbers(self, last_acc: float | None, last_top5: float | None) -> dict[str, Any]:
+        """final_test_acc / top5 as the config's evaluation protocol defines them."""
+        if self.config.eval_protocol != "trgl-best" or self.best is None:
+            return {"final_test_acc": last_acc, "final_test_top5": last_top5}
+        return {
+            "final_test_acc": self.best["acc"],
+            "final_test_top5": self.best["top5"],
+            "best_epoch": self.best["epoch"],
+            "best_module": self.best["module"],
+            "last_epoch_test_acc": last_acc,
         }
 
     def final_summary(self) -> dict[str, Any]:
@@ -478,8 +527,9 @@ class Trainer:
         result = evaluate(self.model, self.test_batches, autocast=self.amp)
         out: dict[str, Any] = {
             "per_module_test_acc": result.per_module_acc,
-            "final_test_acc": result.per_module_acc[-1],
+            "per_module_test_top5": result.per_module_top5,
             "ensemble_test_acc": result.ensemble_acc,
+            **self.protocol_numbers(result.per_module_acc[-1], result.per_module_top5[-1]),
         }
         if self.config.probe:
             plain_train = Batches(
@@ -515,7 +565,7 @@ def run_experiment(
     if previous and previous.get("status") == "finished":
         return previous
     config = run.config
-    model = build_model(config).to(device)
+    model = build_model(config, data.num_classes).to(device)
     trainer = Trainer(config, run, model, data, device, callbacks, stop)
     summary: dict[str, Any] = {
         "status": "running",
@@ -526,11 +576,16 @@ def run_experiment(
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "data": data.provenance,
+        "eval_protocol": config.eval_protocol,
+        "test_split": data.provenance.get("test_split"),
         "per_module_test_acc": [],
+        "per_module_test_top5": [],
         "final_test_acc": None,
+        "final_test_top5": None,
         "ensemble_test_acc": None,
         "modules_finished": 0,
-        "params_per_module": [sum(p.numel() for p in m.parameters()) for m in model.trunk],
+        "trunk_params": [sum(p.numel() for p in m.parameters()) for m in model.trunk],
+        "head_params": [sum(p.numel() for p in h.parameters()) for h in model.heads],
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     run.write_summary(summary)

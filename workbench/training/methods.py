@@ -5,7 +5,9 @@
     parallel    DGL: every batch goes through all modules; each steps on its own loss.
     end-to-end  backprop through the whole trunk; the aux heads are read-out probes.
 
-Every method trains each module for `config.epochs` epochs in all, so runs compare fairly.
+Every method trains each module for `config.epochs` epochs in all, so runs compare fairly;
+with `extra_epochs_per_module` (TRGL's ne2) sequential module k trains ne1 + (k-1) ne2 epochs,
+ne1 = `epochs`, and multilap gives module k those extra epochs in every lap (TRGL's rounds).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Phase:
     epochs: int
     lap: int = 0
     first_epoch: int = 0  # how many epochs these modules already had (for the lr schedule)
+    total_epochs: int = 0  # all the epochs these modules get, every lap (the lr schedule's span)
 
     @property
     def frozen_prefix(self) -> int:
@@ -32,15 +35,21 @@ class Phase:
 
 def plan(config: Config) -> list[Phase]:
     """The method's phases, in the order they run."""
-    k, epochs = config.n_modules, config.epochs
+    k, epochs, extra = config.n_modules, config.epochs, config.extra_epochs_per_module
     if config.method == "sequential":
-        return [Phase((m,), epochs) for m in range(k)]
+        return [Phase((m,), epochs + m * extra, total_epochs=epochs + m * extra) for m in range(k)]
     if config.method == "multilap":
         laps = config.laps
         per_lap = [epochs // laps + (1 if r < epochs % laps else 0) for r in range(laps)]
         return [
-            Phase((m,), per_lap[r], lap=r, first_epoch=sum(per_lap[:r]))
+            Phase(
+                (m,),
+                per_lap[r] + m * extra,
+                lap=r,
+                first_epoch=sum(per_lap[:r]) + r * m * extra,
+                total_epochs=epochs + laps * m * extra,
+            )
             for r in range(laps)
             for m in range(k)
         ]
-    return [Phase(tuple(range(k)), epochs)]  # parallel, end-to-end
+    return [Phase(tuple(range(k)), epochs, total_epochs=epochs)]  # parallel, end-to-end

@@ -29,15 +29,30 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 SUGGESTIONS = {"schedule": ["standard", "accelerated", "1,3", "2,4"]}
 # which tab each field sits on; anything unlisted goes to "Run"
 TABS = {
-    "Data": ["dataset", "data_dir", "n_train", "n_test", "augment", "allow_modified_copy"],
+    "Data": [
+        "dataset",
+        "data_dir",
+        "n_train",
+        "n_test",
+        "augment",
+        "normalization",
+        "image_size",
+        "data_workers",
+        "allow_modified_copy",
+    ],
     "Model": [
         "arch",
+        "n_units",
         "width",
         "batchnorm",
+        "conv_bias",
+        "shortcut",
         "n_modules",
         "aux_depth",
         "aux_type",
         "aux_width",
+        "last_aux_type",
+        "last_aux_depth",
         "downsampling",
         "schedule",
         "init",
@@ -45,6 +60,7 @@ TABS = {
     "Training": [
         "method",
         "laps",
+        "extra_epochs_per_module",
         "regularization",
         "tau",
         "varying_tau",
@@ -54,9 +70,12 @@ TABS = {
         "lr_schedule",
         "lr_step",
         "lr_decay",
+        "momentum_restart",
         "momentum",
+        "nesterov",
         "weight_decay",
         "label_smoothing",
+        "eval_protocol",
         "probe",
     ],
 }
@@ -159,8 +178,9 @@ class WorkbenchPanel:
     def _apply_preset(self, change: dict[str, Any]) -> None:
         if change["new"] in PRESETS:
             # reset to defaults first, so a preset means the same thing whatever came before
-            self.set_values({**cfg.DEFAULTS, **PRESETS[change["new"]][1]})
-            self.message.value = f"preset <b>{change['new']}</b>: {PRESETS[change['new']][0]}"
+            chosen = PRESETS[change["new"]]
+            self.set_values({**cfg.DEFAULTS, **chosen.values})
+            self.message.value = f"preset <b>{change['new']}</b>: {chosen.description}"
 
     # -- running --------------------------------------------------------------------------
     @property

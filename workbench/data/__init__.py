@@ -16,7 +16,7 @@ import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,7 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from workbench.config import DATASETS, Config, ConfigError
+from workbench.config import DATASETS, NORMALIZATIONS, Config, ConfigError
+
+if TYPE_CHECKING:  # imported when used: torchvision's seconds of imports only for streaming
+    from workbench.data.folders import StreamedBatches, StreamedData
 
 AUGMENTATIONS = ("none", "crop", "crop-flip")
 CROP_PADDING = 4  # pixels of zero padding the random crop shifts within, as in the papers
@@ -61,23 +64,57 @@ class ImageData:
     provenance: dict[str, Any]  # JSON-serialisable: where the data came from and how much
 
 
-def load_data(config: Config) -> ImageData:
-    """Load config.dataset, padded to its model size, subset by n_train / n_test if asked."""
+def load_data(config: Config) -> ImageData | StreamedData:
+    """Load config.dataset, padded to its model size, subset by n_train / n_test if asked.
+
+    Streamed datasets (image folders) are scanned and checked, not read: see data.folders.
+    """
     name, info = config.dataset, DATASETS[config.dataset]
+    if info.streamed:
+        from workbench.data.folders import load_streamed
+
+        return load_streamed(config)
     if name == "mnist-5k":
         (train_x, train_y, test_x, test_y), source = _load_mnist5k()
     else:
         (train_x, train_y, test_x, test_y), source = _load_torchvision(config)
     train_x, test_x = _pad_to(train_x, info.size), _pad_to(test_x, info.size)
     # statistics of the whole padded training set: what the model sees, whatever the subset
-    mean, std = _channel_stats(train_x)
+    mean, std = NORMALIZATIONS[config.normalization] or _channel_stats(train_x)
     available = {"train_available": len(train_y), "test_available": len(test_y)}
     train_x, train_y = _subset(train_x, train_y, config.n_train, "n_train", name, config.seed)
     test_x, test_y = _subset(test_x, test_y, config.n_test, "n_test", name, config.seed)
+    test_kept = evaluation_indices(len(test_y), config)
+    split = test_split_description(len(test_y), config)
+    if test_kept is not None:
+        test_x, test_y = test_x[test_kept], test_y[test_kept]
     provenance = {"dataset": name, **source, "n_train": len(train_y), "n_test": len(test_y)}
     subset = config.n_train > 0 or config.n_test > 0
-    provenance.update(available, subset_seed=config.seed if subset else None)
+    provenance.update(available, subset_seed=config.seed if subset else None, test_split=split)
+    provenance.update(normalization={"name": config.normalization, "mean": mean, "std": std})
     return ImageData(train_x, train_y, test_x, test_y, info.num_classes, mean, std, provenance)
+
+
+def evaluation_indices(n_test: int, config: Config) -> Tensor | None:
+    """The test examples the run evaluates on: all (None), or TRGL's held-out half.
+
+    TRGL's code shuffles the test set with the run's seed, keeps the first half as a
+    validation split it never reads, and reports its best epoch on the second half.
+    """
+    if config.eval_protocol != "trgl-best":
+        return None
+    order = torch.randperm(n_test, generator=torch.Generator().manual_seed(config.seed))
+    half = n_test // 2
+    return order[half : 2 * half].sort().values
+
+
+def test_split_description(n_test: int, config: Config) -> str:
+    if config.eval_protocol != "trgl-best":
+        return f"the whole test set ({n_test} images)"
+    return (
+        f"TRGL's held-out half of the test set ({n_test // 2} of {n_test} images, "
+        f"drawn with seed {config.seed})"
+    )
 
 
 # -- the embedded default -----------------------------------------------------------------------
@@ -407,8 +444,14 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**63
 
 
-def make_batches(data: ImageData, config: Config, device: torch.device) -> tuple[Batches, Batches]:
+def make_batches(
+    data: ImageData | StreamedData, config: Config, device: torch.device
+) -> tuple[Batches, Batches] | tuple[StreamedBatches, StreamedBatches]:
     """The training batches (shuffled, augmented, seeded by config.seed) and the test batches."""
+    if not isinstance(data, ImageData):  # a streamed dataset: files read by DataLoader workers
+        from workbench.data.folders import make_streamed_batches
+
+        return make_streamed_batches(data, config, device)
     batches = functools.partial(
         Batches, batch_size=config.batch_size, device=device, mean=data.mean, std=data.std
     )

@@ -1,0 +1,166 @@
+"""Each paper preset builds what the reference code builds: shapes and parameter counts.
+
+The expected numbers were read off the reference code itself (eugenium/layerCNN cifar.py and
+imagenet*.py, eugenium/DGL learning_curves/, auxiliary_nets_study/ and imagenet_dgl/,
+block-wise/module-wise resnet110-4modules-stl10.py), instantiated as their README commands
+configure them. Heads of DGL's MLP families exclude a BatchNorm the reference builds and
+never uses (2C parameters).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from workbench import Config, preset
+from workbench.cli import main
+from workbench.models import build_model, parameter_counts
+from workbench.presets import PRESETS, paper_presets
+
+# preset: (trunk parameters per module, head parameters per module, output C x H x W per module)
+REFERENCE = {
+    "belilovsky-k1-cifar10": (
+        [7168, 589824, 4718592, 18874368, 9437184],
+        [10250, 10250, 20490, 40970, 40970],
+        [(256, 32, 32), (256, 32, 32), (512, 16, 16), (1024, 8, 8), (1024, 8, 8)],
+    ),
+    "belilovsky-k2-cifar10": (
+        [3712, 147712, 1180160, 590336],
+        [153098, 153098, 601098, 601098],
+        [(128, 32, 32), (128, 32, 32), (256, 16, 16), (256, 16, 16)],
+    ),
+    "belilovsky-k3-cifar10": (
+        [3712, 147712, 1180160, 590336],
+        [300810, 300810, 1191434, 1191434],
+        [(128, 32, 32), (128, 32, 32), (256, 16, 16), (256, 16, 16)],
+    ),
+    "dgl-cifar10": (
+        [1920, 74112, 147840, 295680],
+        [214154, 846090, 846090, 2113546],
+        [(64, 32, 32), (128, 16, 16), (128, 16, 16), (256, 8, 8)],
+    ),
+    "trgl-resnet110-stl10": (
+        [65872, 199680, 499968, 961792],
+        [8106, 12170, 42762, 42762],
+        [(16, 96, 96), (32, 48, 48), (64, 24, 24), (64, 24, 24)],
+    ),
+    "dgl-vgg13-imagenet": (
+        [1920, 37056, 74112, 147840, 295680, 590592, 1181184, 2360832, 2360832, 2360832],
+        [468584, 468584, 1353960, 1353960, 4378088, 4378088]
+        + [15439848, 15439848, 15439848, 123642856],
+        [(64, 224, 224), (64, 224, 224), (128, 112, 112), (128, 112, 112), (256, 56, 56)]
+        + [(256, 56, 56), (512, 28, 28), (512, 28, 28), (512, 14, 14), (512, 14, 14)],
+    ),
+    # layerCNN's ImageNet heads cannot be built as committed (see the presets): trunks only
+    "belilovsky-k1-imagenet": (
+        [27904, 590080, 4719104, 18875392, 75499520, 37750784, 301993984, 150999040],
+        None,
+        [(256, 112, 112), (256, 112, 112), (512, 56, 56), (1024, 28, 28), (2048, 14, 14)]
+        + [(2048, 14, 14), (4096, 7, 7), (4096, 7, 7)],
+    ),
+    "belilovsky-k2-imagenet": (
+        [14080, 147712, 1180160, 590336, 4719616, 2360320, 18876416, 9439232],
+        None,
+        [(128, 112, 112), (128, 112, 112), (256, 56, 56), (256, 56, 56), (512, 28, 28)]
+        + [(512, 28, 28), (1024, 14, 14), (1024, 14, 14)],
+    ),
+}
+REFERENCE["belilovsky-k3-imagenet"] = REFERENCE["belilovsky-k2-imagenet"]
+
+
+def module_output_shapes(config: Config) -> list[tuple[int, ...]]:
+    """Each module's output shape, on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        model = build_model(config, initialize=False)
+        x = torch.empty(1, config.dataset_info.channels, config.input_size, config.input_size)
+        shapes = []
+        for module in model.trunk:
+            x = module(x)
+            shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
+def test_every_paper_preset_is_pinned():
+    assert set(paper_presets()) <= set(REFERENCE)
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_preset_builds_the_reference_network(name):
+    trunk, heads, shapes = REFERENCE[name]
+    config = preset(name)
+    counts = parameter_counts(config)
+    assert counts["trunk_params"] == trunk
+    if heads is not None:
+        assert counts["head_params"] == heads
+    assert module_output_shapes(config) == shapes
+
+
+@pytest.mark.parametrize(
+    "aux_type, depth, heads",
+    [  # DGL's auxiliary-net study: a 6-layer net of width 128, max-pool before layers 2 and 4
+        ("cnn", 3, [300810, 1191434, 1191434, 4742154, 4742154]),
+        ("mlp", 4, [796170, 3165194, 3165194, 12621834, 12621834]),
+        ("mlp-sr", 4, [846090, 3363338, 3363338, 13411338, 13411338]),
+    ],
+)
+def test_head_families_are_dgls(aux_type, depth, heads):
+    config = Config(
+        dataset="cifar10",
+        n_modules=6,
+        width=128,
+        downsampling="maxpool",
+        schedule="2,4",
+        conv_bias="all",
+        aux_type=aux_type,
+        aux_depth=depth,
+        last_aux_type="mlp",
+        last_aux_depth=3,
+    )
+    counts = parameter_counts(config)
+    assert counts["trunk_params"] == [3840, 295680, 590592, 1181184, 2360832, 2360832]
+    assert counts["head_params"] == [*heads, 8421386]  # the last: DGL's own 2-hidden MLP
+
+
+def test_head_layers_are_in_dgls_order():
+    def layers(aux_type, depth):
+        config = Config(dataset="cifar10", width=8, aux_type=aux_type, aux_depth=depth)
+        head = build_model(config).heads[0]
+        return [type(m).__name__ for m in head if not isinstance(m, torch.nn.Identity)]
+
+    conv = ["Conv2d", "BatchNorm2d", "ReLU"]
+    mlp = ["Linear", "BatchNorm1d", "ReLU"]
+    assert layers("cnn", 3) == [*conv, *conv, "AdaptiveAvgPool2d", "BatchNorm2d", "Flatten"] + [
+        "Linear"
+    ]
+    assert layers("mlp", 4) == ["AdaptiveAvgPool2d", "Flatten", *mlp * 3, "Linear"]
+    assert layers("mlp-sr", 4) == ["AdaptiveAvgPool2d", *conv * 3, "AdaptiveAvgPool2d"] + [
+        "Flatten",
+        *mlp * 3,
+        "Linear",
+    ]
+    assert layers("1cnn", 2) == ["Conv2d", "ReLU", "AvgPool2d", "BatchNorm2d", "Flatten"] + [
+        "Linear"
+    ]
+
+
+def test_paper_presets_say_what_their_number_is():
+    for name, p in paper_presets().items():
+        assert str(p.paper_number) in p.description, name
+        assert "top-1" in p.description, name
+        assert p.reference, name
+
+
+def test_presets_json_gives_sizes_per_module(capsys):
+    assert main(["presets", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert set(facts) == set(PRESETS)
+    k1 = facts["belilovsky-k1-cifar10"]
+    assert k1["paper_number"] == 88.3
+    assert k1["trunk_params"] == REFERENCE["belilovsky-k1-cifar10"][0]
+    assert k1["head_params"] == REFERENCE["belilovsky-k1-cifar10"][1]
+    assert 33e6 < sum(k1["trunk_params"]) < 34e6  # "about 34M", at full resolution
+    for name, f in facts.items():
+        assert {"description", "paper_number", "trunk_params", "head_params"} <= set(f), name
+        assert len(f["trunk_params"]) == len(f["head_params"]) == preset(name).n_modules

@@ -1,0 +1,115 @@
+"""The papers' schedules and evaluation: TRGL's ne1 + k ne2 epochs and multi-lap rounds,
+momentum restarts at step decays, Nesterov, top-5, and TRGL's best-epoch protocol."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny
+
+from workbench import Config, ConfigError, run_experiment
+from workbench.records import read_metrics
+from workbench.training import plan
+from workbench.training.engine import learning_rate, restarts_momentum
+
+
+def test_sequential_module_k_trains_ne1_plus_k_ne2_epochs(tmp_path):
+    config = tiny(tmp_path, n_modules=3, epochs=2, extra_epochs_per_module=1, lr_schedule="step")
+    assert [p.epochs for p in plan(config)] == [2, 3, 4]
+    summary = run_experiment(config)
+    assert summary["status"] == "finished"
+    rows = [r for r in read_metrics(config.out) if r["split"] == "train"]
+    assert [sum(r["module"] == k for r in rows) for k in (1, 2, 3)] == [2, 3, 4]
+
+
+def test_multilap_rounds_give_the_extra_epochs_every_lap():
+    config = Config(method="multilap", n_modules=3, epochs=4, laps=2, extra_epochs_per_module=1)
+    phases = plan(config)
+    assert [(p.lap, p.modules[0], p.epochs) for p in phases] == [
+        (0, 0, 2), (0, 1, 3), (0, 2, 4), (1, 0, 2), (1, 1, 3), (1, 2, 4),
+    ]  # fmt: skip
+    # the lr schedule of module 3 spans its 8 epochs over both laps
+    third = [(p.first_epoch, p.total_epochs) for p in phases if p.modules == (2,)]
+    assert third == [(0, 8), (4, 8)]
+    with pytest.raises(ConfigError, match="extra_epochs_per_module: got 1 with method 'parallel'"):
+        Config(method="parallel", extra_epochs_per_module=1)
+
+
+def test_cosine_spans_a_modules_own_epochs():
+    config = Config(lr=1.0, lr_schedule="cosine", epochs=2)
+    assert learning_rate(config, 2.0, 4) == pytest.approx(0.5)  # halfway through 4 epochs
+    assert learning_rate(config, 2.0) == pytest.approx(0.0)  # the end of 2
+
+
+def test_step_decay_restarts_momentum_only_when_asked(tmp_path, trainers):
+    """With one batch per epoch and no weight decay, a fresh SGD's momentum buffer after the
+    epoch is exactly that batch's gradient; a kept one also carries the previous epochs'."""
+    common = dict(
+        n_train=64, batch_size=64, epochs=2, n_modules=1, lr_schedule="step", lr_step=1,
+        weight_decay=0.0, augment="none",
+    )  # fmt: skip
+    assert [restarts_momentum(Config(**common, momentum_restart=True), e) for e in (0, 1)] == [
+        False,
+        True,
+    ]
+    buffers = {}
+    for restart in (True, False):
+        config = tiny(tmp_path / str(restart), momentum_restart=restart, **common)
+        trainer = None
+
+        def grab(event, info, restart=restart):
+            if event == "epoch_end" and info["global_epoch"] == 2:
+                opt = trainers[-1].optimizers["0"]
+                p = trainers[-1].model.trunk[0][0].conv.weight
+                buffers[restart] = (opt.state[p]["momentum_buffer"].clone(), p.grad.clone())
+
+        assert run_experiment(config, callbacks=[grab])["status"] == "finished"
+        del trainer
+    buf, grad = buffers[True]
+    assert torch.equal(buf, grad)
+    buf, grad = buffers[False]
+    assert not torch.allclose(buf, grad)
+    with pytest.raises(ConfigError, match="momentum_restart: got true with lr_schedule 'cosine'"):
+        Config(momentum_restart=True, lr_schedule="cosine")
+
+
+def test_nesterov_reaches_the_optimizer(tmp_path, trainers):
+    config = tiny(tmp_path, n_modules=2, nesterov=True)
+    assert run_experiment(config)["status"] == "finished"
+    assert trainers[0].config.nesterov
+    with pytest.raises(ConfigError, match="nesterov: got true with momentum 0"):
+        Config(nesterov=True, momentum=0.0)
+
+
+def test_summary_reports_top5_for_every_module(tmp_path):
+    summary = run_experiment(tiny(tmp_path, n_modules=2, epochs=3, n_train=512, lr=0.1))
+    top1, top5 = summary["per_module_test_acc"], summary["per_module_test_top5"]
+    assert len(top5) == 2 and summary["final_test_top5"] == top5[-1]
+    assert all(t5 >= t1 for t1, t5 in zip(top1, top5))
+    assert top5[-1] > 0.8  # 10 classes: chance top-5 is 0.5
+    test_rows = [r for r in read_metrics(tiny(tmp_path).out) if r["split"] == "test"]
+    assert all(0 <= r["top5"] <= 1 for r in test_rows)
+
+
+def test_trgl_protocol_takes_the_best_epoch_on_a_held_out_half(tmp_path):
+    config = tiny(
+        tmp_path,
+        arch="resnet20",
+        n_modules=2,
+        method="parallel",
+        epochs=3,
+        n_test=200,
+        eval_protocol="trgl-best",
+    )
+    summary = run_experiment(config)
+    assert summary["status"] == "finished" and summary["eval_protocol"] == "trgl-best"
+    assert summary["data"]["n_test"] == 100  # half of the 200 drawn
+    assert "held-out half" in summary["test_split"]
+    tests = [r for r in read_metrics(config.out) if r["split"] == "test"]
+    best = max(tests, key=lambda r: r["acc"])  # every module, every epoch (parallel)
+    assert summary["final_test_acc"] == best["acc"]
+    assert (summary["best_epoch"], summary["best_module"]) == (best["global_epoch"], best["module"])
+    assert summary["last_epoch_test_acc"] == summary["per_module_test_acc"][-1]
+    last = run_experiment(config.replace(eval_protocol="last", out=str(tmp_path / "last")))
+    assert last["eval_protocol"] == "last" and last["data"]["n_test"] == 200
+    assert last["final_test_acc"] == last["per_module_test_acc"][-1]
