@@ -113,3 +113,33 @@ def test_trgl_protocol_takes_the_best_epoch_on_a_held_out_half(tmp_path):
     last = run_experiment(config.replace(eval_protocol="last", out=str(tmp_path / "last")))
     assert last["eval_protocol"] == "last" and last["data"]["n_test"] == 200
     assert last["final_test_acc"] == last["per_module_test_acc"][-1]
+
+
+def test_precise_bn_ends_chance_level_tests_after_short_training(tmp_path):
+    """After a few dozen steps BN's running averages are still mostly their initial values:
+    a module that trains well tested far below its training accuracy. Re-estimating the
+    statistics before evaluating gives the test accuracy its training accuracy suggests."""
+    common = dict(arch="resnet20", n_modules=3, epochs=2, n_train=512, lr=0.1, width=8)
+    gaps = {}
+    for precise in (False, True):
+        config = tiny(tmp_path / str(precise), precise_bn=precise, **common)
+        run_experiment(config)
+        first = [r for r in read_metrics(config.out) if r["module"] == 1]
+        train, test = first[-2]["acc"], first[-1]["acc"]  # module 1's last epoch
+        assert train > 0.35  # it did learn (chance is 0.1)
+        gaps[precise] = train - test
+    assert gaps[False] > 0.15  # the artifact: tested far below what it trains at
+    assert gaps[True] < 0.1
+
+
+def test_precise_bn_leaves_parallel_training_untouched(tmp_path):
+    """Training never reads running statistics: with no frozen prefix (parallel), the training
+    rows are identical with and without the re-estimates."""
+    common = dict(arch="resnet20", n_modules=3, method="parallel", epochs=2, n_train=256)
+    rows = {}
+    for precise in (False, True):
+        config = tiny(tmp_path / str(precise), precise_bn=precise, **common)
+        run_experiment(config)
+        train = [r for r in read_metrics(config.out) if r["split"] == "train"]
+        rows[precise] = [(r["module"], r["loss"], r["acc"]) for r in train]
+    assert rows[False] == rows[True]

@@ -139,6 +139,7 @@ class Config:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     eval_protocol: str = "last"  # last (last epoch, full test set) or trgl-best (TRGL's)
+    precise_bn: bool = True  # re-estimate trained modules' BN statistics before each evaluation
     probe: bool = False  # after training, fit a linear probe on each module's features (Ma et al.)
     device: str = "auto"
     # speed (see `workbench bench`); none of these changes what is computed beyond rounding

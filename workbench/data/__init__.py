@@ -461,6 +461,27 @@ def make_batches(
     return train, batches(data.test_x, data.test_y)
 
 
+PRECISE_BN_MAX = 4096  # images a BatchNorm re-estimate reads at most (pycls reads 8192 on ImageNet)
+
+
+def statistics_batches(data: ImageData | StreamedData, config: Config, device: torch.device):
+    """A fixed, class-balanced tenth of the training set (one batch at least, 4096 images at
+    most), unaugmented and in order: what BatchNorm statistics are re-estimated on.
+
+    A tenth keeps the forward passes under about a tenth of an epoch's training cost, and a
+    fixed sample drawn from its own seed leaves the training batches' order untouched.
+    """
+    labels = data.train_y
+    n = min(len(labels), PRECISE_BN_MAX, max(config.batch_size, len(labels) // 10))
+    keep = _balanced_indices(labels, n, MNIST5K_SPLIT_SEED + config.seed)
+    if not isinstance(data, ImageData):
+        from workbench.data.folders import make_statistics_batches
+
+        return make_statistics_batches(data, config, device, keep)
+    x, y = data.train_x[keep], data.train_y[keep]
+    return Batches(x, y, batch_size=config.batch_size, device=device, mean=data.mean, std=data.std)
+
+
 def _one_line(err: BaseException) -> str:
     """An exception as one short line: its last non-empty line, with the exception's type."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]

@@ -402,3 +402,19 @@ def make_streamed_batches(
         data.train, transform=train_transform, shuffle=True, seed=config.seed, **common
     )
     return train, StreamedBatches(data.test, transform=test_transform, **common)
+
+
+def make_statistics_batches(
+    data: StreamedData, config: Config, device: torch.device, keep: Tensor
+) -> StreamedBatches:
+    """The training images at `keep`, test transform, in order (for BatchNorm re-estimates)."""
+    _, test_transform, _ = transforms(config)
+    return StreamedBatches(
+        data.train.subset(keep),
+        transform=test_transform,
+        batch_size=config.batch_size,
+        device=device,
+        mean=data.mean,
+        std=data.std,
+        workers=worker_count(config),
+    )

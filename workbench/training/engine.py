@@ -20,9 +20,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.config import Config, ConfigError
-from workbench.data import Batches, ImageData, load_data, make_batches
+from workbench.data import Batches, ImageData, load_data, make_batches, statistics_batches
 from workbench.events import EPOCH_END, MODULE_DONE, RUN_END, RUN_START, Callback, StopRequested
 from workbench.metrics import evaluate, per_module_probe_accuracy
 from workbench.models import LayerwiseNet, build_model
@@ -166,6 +167,7 @@ class Trainer:
         self.frozen = [wrap(m) for m in model.trunk]
         self.heads = [wrap(h) for h in model.heads]
         self.cache: FeatureBatches | None = None  # the current phase's prefix outputs
+        self.stats_batches: Any = None  # training images for BatchNorm re-estimates (lazy)
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: str, info: dict[str, Any]) -> None:
@@ -356,6 +358,7 @@ class Trainer:
             for k, (loss, hits) in zip(phase.modules, totals)
         ]
         upto = max(phase.modules) + 1
+        self.refresh_batchnorm(phase)
         result = evaluate(self.model, self.test_batches, upto=upto, autocast=self.amp)
         for k in phase.modules:
             self.test_acc[k + 1] = result.per_module_acc[k]
@@ -373,6 +376,42 @@ class Trainer:
             if self.reports(phase, k):
                 self.track_best(k, result.per_module_acc[k], result.per_module_top5[k])
         return rows
+
+    @torch.no_grad()
+    def refresh_batchnorm(self, phase: Phase) -> None:
+        """Precise BN (as pycls): the trained modules' BN statistics, re-estimated exactly.
+
+        Training updates BN's running statistics as an average with momentum 0.1 that starts
+        from mean 0, variance 1: after a few dozen steps it is still far from the features'
+        real statistics, and a module that trains well tests at chance. Here each BN of the
+        phase's modules and heads is reset and fed a fixed tenth of the training set (no
+        augmentation) with a cumulative average. Frozen modules keep theirs; training itself
+        never reads running statistics, so only what evaluation sees changes.
+        """
+        if not self.config.precise_bn:
+            return
+        parts = [p for k in phase.modules for p in (self.model.trunk[k], self.model.heads[k])]
+        norms = [m for p in parts for m in p.modules() if isinstance(m, _BatchNorm)]
+        if not norms:
+            return
+        if self.stats_batches is None:
+            self.stats_batches = statistics_batches(self.data, self.config, self.device)
+        momenta = [bn.momentum for bn in norms]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # a cumulative average over the batches
+        self.model.eval()
+        for part in parts:
+            part.train()  # BN uses (and records) batch statistics
+        with self.autocast():
+            for x, _ in self.stats_batches:
+                x = x.contiguous(memory_format=self.memory_format)
+                for k in range(max(phase.modules) + 1):
+                    x = self.model.trunk[k](x)
+                    if k in phase.modules:
+                        self.model.heads[k](x)
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
 
     # -- TRGL's protocol ---------------------------------------------------------------------
     def reports(self, phase: Phase, k: int) -> bool:

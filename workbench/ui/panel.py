@@ -76,6 +76,7 @@ TABS = {
         "weight_decay",
         "label_smoothing",
         "eval_protocol",
+        "precise_bn",
         "probe",
     ],
 }

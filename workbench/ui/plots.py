@@ -162,3 +162,33 @@ def separability_figure(
     fig.update_xaxes(dtick=1)
     fig.update_yaxes(range=ACC_RANGE)
     return _layout(fig, "Aux head vs linear probe accuracy against depth", "module", "accuracy")
+
+
+def depth_band_figure(
+    summary: Sequence[Mapping[str, Any]], metric: str = "test_acc", title: str = ""
+) -> go.Figure:
+    """Mean `metric` against module depth, one line per variant, error bars = sd over seeds.
+
+    `summary` rows hold variant, module, `<metric>_mean` and `<metric>_sd` (Series.summary()).
+    The y axis fits the data, so differences of a point are visible.
+    """
+    fig = go.Figure()
+    lows, highs = [], []
+    for variant in dict.fromkeys(r["variant"] for r in summary):
+        rows = [r for r in summary if r["variant"] == variant and f"{metric}_mean" in r]
+        means = [r[f"{metric}_mean"] for r in rows]
+        sds = [r.get(f"{metric}_sd", 0.0) for r in rows]
+        lows += [m - s for m, s in zip(means, sds)]
+        highs += [m + s for m, s in zip(means, sds)]
+        fig.add_scatter(
+            x=[r["module"] for r in rows],
+            y=means,
+            error_y=dict(type="data", array=sds, visible=True),
+            mode="lines+markers",
+            name=f"{variant} (n={rows[0].get('seeds', '?')})" if rows else variant,
+        )
+    fig.update_xaxes(dtick=1)
+    if lows:
+        pad = 0.05 * max(0.05, max(highs) - min(lows))
+        fig.update_yaxes(range=[max(0.0, min(lows) - pad), min(1.02, max(highs) + pad)])
+    return _layout(fig, title or "Test accuracy against depth", "module", "mean accuracy (+- sd)")
