@@ -19,7 +19,7 @@ from workbench.data import Batches, load_data
 from workbench.events import EPOCH_END
 from workbench.models import build_model
 from workbench.records import RunDir
-from workbench.training import Trainer, engine
+from workbench.training import Trainer, device, engine
 
 CPU = torch.device("cpu")
 
@@ -37,9 +37,9 @@ def _weights(run_dir, n_modules: int) -> list[dict[str, torch.Tensor]]:
 
 def test_precision_auto_is_fp32_on_the_cpu(tmp_path):
     config = tiny(tmp_path, n_modules=2)
-    assert engine.autocast_dtype(config, CPU) is None
-    assert engine.autocast_dtype(config.replace(precision="fp32"), CPU) is None
-    assert engine.autocast_dtype(config.replace(precision="bf16"), CPU) is torch.bfloat16
+    assert device.autocast_dtype(config, CPU) is None
+    assert device.autocast_dtype(config.replace(precision="fp32"), CPU) is None
+    assert device.autocast_dtype(config.replace(precision="bf16"), CPU) is torch.bfloat16
     auto = run_experiment(config.replace(out=str(tmp_path / "auto")))
     fp32 = run_experiment(config.replace(out=str(tmp_path / "fp32"), precision="fp32"))
     assert auto["per_module_test_acc"] == fp32["per_module_test_acc"]
@@ -112,7 +112,10 @@ def test_module_k_trains_on_exactly_the_prefix_outputs(tmp_path):
     trainer.model.trunk[0].register_forward_hook(lambda m, i, o: calls.append(len(o)))
     phase = trainer.phases[2]  # module 3: modules 1 and 2 are its frozen prefix
     trainer.begin_phase(phase)
-    assert trainer.cache is not None and sum(calls) == len(trainer.data.train_y)
+    # the prefix ran once over every training image (the cache), and once over every test
+    # image (evaluation's cache)
+    assert trainer.cache is not None and trainer.test_features is not None
+    assert sum(calls) == len(trainer.data.train_y) + len(trainer.data.test_y)
     # the batches the uncached run would see in this epoch
     reference = Batches(
         trainer.data.train_x,

@@ -10,7 +10,7 @@ from conftest import tiny
 from workbench import Config, ConfigError, run_experiment
 from workbench.records import read_metrics
 from workbench.training import plan
-from workbench.training.engine import learning_rate, restarts_momentum
+from workbench.training.methods import learning_rate, restarts_momentum
 
 
 def test_sequential_module_k_trains_ne1_plus_k_ne2_epochs(tmp_path):
@@ -116,20 +116,23 @@ def test_trgl_protocol_takes_the_best_epoch_on_a_held_out_half(tmp_path):
 
 
 def test_precise_bn_ends_chance_level_tests_after_short_training(tmp_path):
-    """After a few dozen steps BN's running averages are still mostly their initial values:
-    a module that trains well tested far below its training accuracy. Re-estimating the
-    statistics before evaluating gives the test accuracy its training accuracy suggests."""
-    common = dict(arch="resnet20", n_modules=3, epochs=2, n_train=512, lr=0.1, width=8)
-    gaps = {}
-    for precise in (False, True):
-        config = tiny(tmp_path / str(precise), precise_bn=precise, **common)
-        run_experiment(config)
-        first = [r for r in read_metrics(config.out) if r["module"] == 1]
-        train, test = first[-2]["acc"], first[-1]["acc"]  # module 1's last epoch
-        assert train > 0.35  # it did learn (chance is 0.1)
-        gaps[precise] = train - test
-    assert gaps[False] > 0.15  # the artifact: tested far below what it trains at
-    assert gaps[True] < 0.1
+    """After a few dozen steps BN's running averages are still mostly their initial values: a
+    module that trains well can test at chance. Re-estimating the statistics before evaluating
+    gives the test accuracy its training accuracy suggests (last module, over three seeds)."""
+    common = dict(arch="resnet20", n_modules=3, method="parallel", epochs=2, n_train=512)
+    gaps: dict[bool, list[float]] = {False: [], True: []}
+    for seed in (0, 1, 2):
+        for precise in (False, True):
+            config = tiny(
+                tmp_path / f"{seed}-{precise}", precise_bn=precise, seed=seed, lr=0.1, **common
+            )
+            run_experiment(config)
+            last = [r for r in read_metrics(config.out) if r["module"] == 3]
+            train, test = last[-2]["acc"], last[-1]["acc"]  # the last epoch's
+            assert train > 0.4  # it did learn (chance is 0.1)
+            gaps[precise].append(train - test)
+    assert max(gaps[False]) > 0.3  # the artifact: a module testing near chance
+    assert max(gaps[True]) < 0.1
 
 
 def test_precise_bn_leaves_parallel_training_untouched(tmp_path):
@@ -143,3 +146,25 @@ def test_precise_bn_leaves_parallel_training_untouched(tmp_path):
         train = [r for r in read_metrics(config.out) if r["split"] == "train"]
         rows[precise] = [(r["module"], r["loss"], r["acc"]) for r in train]
     assert rows[False] == rows[True]
+
+
+def test_cached_prefix_evaluation_reports_the_same_numbers(tmp_path, monkeypatch):
+    """A sequential phase evaluates from its frozen prefix's test outputs, computed once per
+    phase: the recorded test numbers equal a full evaluation's, bit for bit."""
+    from workbench.training import Trainer
+
+    config = dict(n_modules=3, epochs=2, augment="none")
+    cached = tiny(tmp_path / "cached", **config)
+    run_experiment(cached)
+    monkeypatch.setattr(Trainer, "build_test_cache", lambda self, phase: None)
+    full = tiny(tmp_path / "full", **config)
+    run_experiment(full)
+    rows = [
+        [
+            (r["module"], r["loss"], r["acc"], r["top5"])
+            for r in read_metrics(c.out)
+            if r["split"] == "test"
+        ]
+        for c in (cached, full)
+    ]
+    assert rows[0] == rows[1] and len(rows[0]) == 6

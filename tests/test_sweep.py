@@ -181,17 +181,18 @@ def test_a_kernel_that_cannot_start_is_retried_then_fails_clearly(tmp_path):
     spec.mkdir(parents=True)
     argv = [sys.executable, "-c", "import sys; sys.exit(3)", "{connection_file}"]
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "broken"}))
-    (tmp_path / "g.yaml").write_text("fixed: {n_modules: 1, epochs: 1, n_train: 100}")
+    (tmp_path / "g.yaml").write_text("fixed: {epochs: 1, n_train: 100}\ngrid: {n_modules: [1]}")
     result = workbench(
         "sweep", "g.yaml", "--out", "out", "--kernel", "broken", "--quiet",
         cwd=tmp_path, env={"JUPYTER_PATH": str(tmp_path / "jupyter")},
     )  # fmt: skip
     assert result.returncode == 1
-    record = json.loads((tmp_path / "out" / "point" / "point.json").read_text())
+    point = tmp_path / "out" / "n_modules=1"
+    record = json.loads((point / "point.json").read_text())
     assert record["status"] == "failed" and record["kernel_start_tries"] == 3
     assert record["error"].startswith("kernel 'broken' did not start after 3 tries: ")
-    assert (tmp_path / "out" / "point" / "kernel.log").read_text().count("Kernel died") == 3
-    assert not (tmp_path / "out" / "point" / "run").exists()
+    assert (point / "kernel.log").read_text().count("Kernel died") == 3
+    assert not (point / "run").exists()
 
 
 @pytest.mark.parametrize("grid", sorted((NOTEBOOKS / "grids").glob("*.yaml")), ids=lambda p: p.name)

@@ -121,7 +121,7 @@ class Bench:
 
         from workbench.config import Config, ConfigError
         from workbench.data import load_data
-        from workbench.training.engine import check_speed_options, resolve_device
+        from workbench.training.device import check_speed_options, resolve_device
 
         self.torch = torch
         sizes = SIZES["quick" if args.quick else "full"]

@@ -2,7 +2,9 @@
 `workbench presets`.
 
 Flags are the config's field names with dashes; a bad value is refused in one line, before any
-training, with a non-zero exit code.
+training, with exit code 2. A run that fails for a reason the user can act on (it diverged, a
+disk filled up) ends in one line and exit code 1, as does a stopped one. After its first steps
+a run prints its estimated time; above a day it stops there unless `--yes` was given.
 """
 
 from __future__ import annotations
@@ -10,13 +12,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from workbench.config import Config, ConfigError, config_fields
-from workbench.events import TqdmProgress
+from workbench.events import (
+    CONFIRM_ABOVE_S,
+    ESTIMATE,
+    TqdmProgress,
+    describe_estimate,
+    format_duration,
+)
 from workbench.presets import PRESETS, Preset, preset
+from workbench.records import RunFailed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             run.add_argument(flag, dest=f.name, help=_flag_help(f))
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"go on when the run is estimated to take over {format_duration(CONFIRM_ABOVE_S)} "
+        "(without it, such a run stops after its first steps, resumable)",
+    )
     presets = commands.add_parser("presets", help="list the presets and the fields each one sets")
     presets.add_argument(
         "--json",
@@ -127,14 +144,64 @@ def preset_facts(name: str, p: Preset) -> dict[str, Any]:
     }
 
 
+class EstimateGate:
+    """A run's callback: prints the estimate once known; stops a run estimated over
+    CONFIRM_ABOVE_S unless `yes` (the run is left 'stopped', and resumes when rerun)."""
+
+    def __init__(self, yes: bool, stop: threading.Event):
+        self.yes, self.stop = yes, stop
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event != ESTIMATE:
+            return
+        from tqdm.auto import tqdm  # tqdm.write keeps a progress bar intact
+
+        tqdm.write(f"workbench: {describe_estimate(info)}", file=sys.stderr)
+        if info["seconds"] > CONFIRM_ABOVE_S and not self.yes:
+            self.stop.set()
+            tqdm.write(
+                f"workbench: stopping: that is over {format_duration(CONFIRM_ABOVE_S)}; run the "
+                "same command with --yes to go on (it resumes from the run folder)",
+                file=sys.stderr,
+            )
+
+
+def _print(text: str) -> None:
+    """Print to stdout; a reader that went away (`| head`) ends the output quietly."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    # as Python's documentation advises: later writes (and the flush at exit) go nowhere,
+    # instead of a second BrokenPipeError
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `workbench` command; returns its exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # printed by a subcommand to a reader that went away
+        _silence_stdout()
+        return 141  # what a shell reports for a process ended by SIGPIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "presets":
         if args.json:
             facts = {name: preset_facts(name, p) for name, p in PRESETS.items()}
-            print(json.dumps(facts, indent=2))
+            _print(json.dumps(facts, indent=2))
         else:
-            print(list_presets())
+            _print(list_presets())
         return 0
     if args.command == "sweep":
         from workbench.batch.sweep import sweep_main
@@ -150,14 +217,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reproduce_main(args)
     from workbench.training import run_experiment  # torch import only when training
 
+    stop = threading.Event()
     try:
         config = config_from_args(args)
         callbacks = [] if args.quiet else [TqdmProgress(file=sys.stderr)]
-        summary = run_experiment(config, callbacks=callbacks)
+        callbacks.append(EstimateGate(args.yes, stop))
+        summary = run_experiment(config, callbacks=callbacks, stop=stop)
     except ConfigError as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
-    print(format_results(summary))
+    except RunFailed as e:  # summary.json says failed, with this error, where it could
+        print(f"workbench: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before training started (loading data, say)
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+    _print(format_results(summary))
     return 0 if summary["status"] == "finished" else 1
 
 

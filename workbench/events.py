@@ -1,7 +1,10 @@
 """Training events and the stop flag: the seam between the training loop and its watchers.
 
-The loop calls every callback with `(event, info)` at four moments (EVENTS) and checks a
+The loop calls every callback with `(event, info)` at five moments (EVENTS) and checks a
 `threading.Event` between steps, so a notebook's Stop button or a Ctrl-C ends the run cleanly.
+ESTIMATE comes once per process, after the first steps: `seconds` the rest of the run should
+take, `images_per_s`, `epochs_left`, `device`. A watcher may stop a run that would take longer
+than it should without asking (the CLI and the panel do, above CONFIRM_ABOVE_S).
 """
 
 from __future__ import annotations
@@ -13,7 +16,29 @@ from tqdm.auto import tqdm
 
 Callback = Callable[[str, dict[str, Any]], None]
 RUN_START, EPOCH_END, MODULE_DONE, RUN_END = "run_start", "epoch_end", "module_done", "run_end"
-EVENTS = (RUN_START, EPOCH_END, MODULE_DONE, RUN_END)
+ESTIMATE = "estimate"
+EVENTS = (RUN_START, ESTIMATE, EPOCH_END, MODULE_DONE, RUN_END)
+CONFIRM_ABOVE_S = 24 * 3600.0  # a run estimated longer than this waits for a confirmation
+
+
+def format_duration(seconds: float) -> str:
+    """`40 s`, `12 min`, `3.5 h`, `24 h`, `2.1 days`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f}".removesuffix(".0") + " h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def describe_estimate(info: dict[str, Any]) -> str:
+    """One line for an ESTIMATE event."""
+    return (
+        f"estimated {format_duration(info['seconds'])} for the rest of this run "
+        f"({info['epochs_left']} epochs to go, {info['images_per_s']:.0f} images/s on "
+        f"{info['device']} so far)"
+    )
 
 
 class StopRequested(Exception):

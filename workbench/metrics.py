@@ -21,6 +21,7 @@ class Evaluation:
     per_module_loss: list[float]
     ensemble_acc: float
     per_module_top5: list[float]  # the label among the 5 highest logits (all, with < 5 classes)
+    first: int = 0  # the lists start at module first + 1 (a frozen prefix was not evaluated)
 
 
 def _autocast(x: Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -34,12 +35,15 @@ def evaluate(
     batches: Iterable[tuple[Tensor, Tensor]],
     upto: int | None = None,
     autocast: torch.dtype | None = None,
+    start: int = 0,
 ) -> Evaluation:
     """Accuracy and loss of every module's auxiliary head, and of the layer ensemble.
 
     The ensemble is Z = sum_j 2^j z_j over the heads' logits (Belilovsky et al.), so deeper,
     better heads dominate. Counts stay on the device; the host reads them once at the end.
-    `autocast` is the dtype training ran its forward passes in (None: fp32).
+    `autocast` is the dtype training ran its forward passes in (None: fp32). With `start` > 0
+    the batches hold module start+1's inputs (a frozen prefix's cached outputs) and only
+    modules start+1..upto are evaluated.
     """
     was_training = model.training
     model.eval()
@@ -48,14 +52,14 @@ def evaluate(
     seen = 0
     for x, y in batches:
         with _autocast(x, autocast):
-            per_module = model.per_module_logits(x, n)
+            per_module = model.per_module_logits(x, n, start)
         logits = torch.stack([z.float() for z in per_module])  # n x B x C
         losses = torch.stack([F.cross_entropy(z, y, reduction="sum") for z in logits])
         hits = (logits.argmax(-1) == y).sum(-1)
         best5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # n x B x 5
         hits5 = (best5 == y[:, None]).any(-1).sum(-1)
         top5 = hits5 if top5 is None else top5 + hits5
-        weights = 2.0 ** torch.arange(1, n + 1, device=logits.device, dtype=logits.dtype)
+        weights = 2.0 ** torch.arange(start + 1, n + 1, device=logits.device, dtype=logits.dtype)
         ensemble = (weights[:, None, None] * logits).sum(0)
         ensemble_hits = (ensemble.argmax(-1) == y).sum()
         correct = hits if correct is None else correct + hits
@@ -72,6 +76,7 @@ def evaluate(
         per_module_loss=(loss_sum.double() / seen).tolist(),
         ensemble_acc=float(ensemble_correct) / seen,
         per_module_top5=(top5.double() / seen).tolist(),
+        first=start,
     )
 
 

@@ -27,8 +27,13 @@ stderr and exit code 2. Each point then runs notebooks/experiment.ipynb through 
 
 <point> is named by the swept values, e.g. `aux_depth=1,downsampling=maxpool`. A failing point
 does not stop the others: it is recorded with its error. Running the sweep again skips the
-points that finished and runs the others again (an interrupted run resumes from its checkpoint).
-Exit code 0 when every point finished, 1 when any did not, 2 for a bad grid.
+points that finished (by point.json, or by their run's summary.json when a dying sweep could not
+record it) and runs the others again (an interrupted run resumes from its checkpoint).
+Exit code 0 when every point finished, 1 when any did not, 2 for a bad grid or a busy folder.
+
+The sweep holds DIR/.lock while it runs (a second sweep on DIR is refused, naming the first),
+and its workers die with it: a Ctrl-C or a SIGTERM stops their kernels and records their
+points as stopped; a kill -9 reaches them through the parent-death signal (Linux).
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ import itertools
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -52,12 +59,20 @@ from typing import Any
 from workbench.batch.compare import read_json, result_columns, write_csv
 from workbench.batch.notebook import EXPERIMENT_NOTEBOOK, NOTEBOOK_PARAMETERS
 from workbench.config import Config, ConfigError, config_fields
-from workbench.records import RESUMABLE_DIFFERENCES, atomic_write_bytes, atomic_write_json
+from workbench.records import (
+    RESUMABLE_DIFFERENCES,
+    RunLock,
+    atomic_write_bytes,
+    atomic_write_json,
+    os_reason,
+    remove_temporary_files,
+)
 
 GRID_KEYS = ("fixed", "grid")
 SET_BY_SWEEP = ("out", *(name for name, *_ in NOTEBOOK_PARAMETERS))  # out, live, out_dir
 KERNEL_START_TRIES = 3  # a kernel that fails to start (a port taken meanwhile, say) is retried
 FINISHED = "finished"
+KERNEL_GRACE_S = 3.0  # a stopped kernel's run gets this long to record 'stopped', then SIGKILL
 
 
 class SweepError(ConfigError):
@@ -122,14 +137,20 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[dict[str, list[Any
     unknown = sorted(set(data) - set(GRID_KEYS))
     if unknown:
         raise SweepError(f"grid: unknown key {unknown[0]!r}; allowed: {', '.join(GRID_KEYS)}")
-    fixed, grid = data.get("fixed") or {}, data.get("grid") or {}
+    fixed, grid = data.get("fixed") or {}, data.get("grid")
     blocks = grid if isinstance(grid, list) else [grid]
-    if not isinstance(fixed, dict) or not all(isinstance(b, dict) for b in blocks):
+    if not isinstance(fixed, dict) or not all(isinstance(b, dict) for b in blocks if b):
         raise SweepError(
             "grid: fixed must be a mapping {field: value}, and grid a mapping {field: [values]} "
             "or a list of such mappings"
         )
     _check_names("fixed", fixed)
+    if not blocks or not all(blocks):  # nothing to sweep: not one default run in disguise
+        raise SweepError(
+            f"grid: got {_shown(grid)} in {str(path)!r}, nothing to sweep; allowed: a mapping "
+            "{field: [values]} with at least one field, or a list of such mappings (one run: "
+            "workbench run)"
+        )
     for block in blocks:
         _check_names("grid", block)
         for name, values in block.items():
@@ -141,7 +162,11 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[dict[str, list[Any
         both = sorted(set(fixed) & set(block))
         if both:
             raise SweepError(f"grid: {both[0]!r} is both fixed and swept; allowed: one of the two")
-    return fixed, blocks or [{}]
+    return fixed, blocks
+
+
+def _shown(grid: Any) -> str:
+    return "no grid" if grid is None else "an empty grid" if not grid else "an empty block"
 
 
 def _check_names(section: str, values: Mapping[str, Any]) -> None:
@@ -259,6 +284,7 @@ def execute_point(job: dict[str, Any]) -> dict[str, Any]:
         "attempt": job["attempt"],
     }
     atomic_write_json(folder / "point.json", record)
+    _IN_FLIGHT.update(job=job, record=record)  # what a SIGTERM must stop and record
     # N kernels on C cores: C/N threads each (torch's default, C each, oversubscribes the CPU);
     # the kernel inherits this process's environment. A value the user set is kept.
     os.environ.setdefault("OMP_NUM_THREADS", str(job["threads"]))
@@ -266,6 +292,7 @@ def execute_point(job: dict[str, Any]) -> dict[str, Any]:
         _execute(job, notebook, record)
     record["finished_at"] = _now()
     atomic_write_json(folder / "point.json", record)
+    _IN_FLIGHT.clear()
     return record
 
 
@@ -330,9 +357,142 @@ def _execute(job: dict[str, Any], notebook: Path, record: dict[str, Any]) -> Non
         return
 
 
+# -- workers die with the sweep ----------------------------------------------------------------
+_IN_FLIGHT: dict[str, Any] = {}  # in a worker: the job it runs and its point.json record
+
+
+def _worker_init(sweep_pid: int) -> None:
+    """First thing in each worker: leave Ctrl-C to the sweep (which stops its workers), and
+    end with the sweep however it ends, a kill -9 included."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
+    _die_with_parent()
+    if os.getppid() != sweep_pid:  # the sweep died before the line above took effect
+        _stop_worker()
+
+
+def _die_with_parent() -> None:
+    """SIGTERM to this process when its parent ends: Linux's PR_SET_PDEATHSIG, else a watcher."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        if ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) == 0:
+            return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _stop_worker(signum: int | None = None, frame: Any = None) -> None:
+    """A worker's SIGTERM: stop its kernel (whose run records 'stopped'), record its point as
+    stopped, and exit at once (a queued point must not start)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    job, record = _IN_FLIGHT.get("job"), _IN_FLIGHT.get("record")
+    if job is not None and record is not None:
+        _stop_kernels(Path(job["run_dir"]))
+        record.update(
+            status="stopped",
+            error="the sweep ended while this point ran; run the sweep again to finish it",
+            finished_at=_now(),
+        )
+        with contextlib.suppress(OSError):
+            atomic_write_json(Path(job["folder"]) / "point.json", record)
+    os._exit(143)
+
+
+def _stop_kernels(run_dir: Path) -> None:
+    """Interrupt this process's kernels (each leads its own process group), give the run a
+    moment to record 'stopped', then kill the groups."""
+    kernels = _children()
+    for pid in kernels:
+        _signal_group(pid, signal.SIGINT)  # a KeyboardInterrupt in the cell: the run stops
+    deadline = time.monotonic() + KERNEL_GRACE_S
+    while (
+        time.monotonic() < deadline
+        and read_json_quietly(run_dir / "summary.json").get("status") == "running"
+    ):
+        time.sleep(0.1)
+    for pid in kernels:
+        _signal_group(pid, signal.SIGKILL)
+
+
+def _children() -> list[int]:
+    """This process's children, from /proc (Linux; elsewhere the kernels' own parent poller
+    ends them within a second of the worker)."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == me:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every worker (each stops its kernel and records its point), then wait for them,
+    killing any that outlive the grace period."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        p.terminate()
+    deadline = time.monotonic() + KERNEL_GRACE_S + 5
+    for p in processes:
+        p.join(max(0.1, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # a terminated sweep stops as a Ctrl-C'd one does
+
+
+def read_json_quietly(path: Path) -> dict[str, Any]:
+    """A JSON file as a dict; {} when missing or unreadable (being replaced, hand-edited)."""
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 # -- the sweep ---------------------------------------------------------------------------------
-def results_rows(points: Sequence[Point]) -> list[dict[str, Any]]:
-    """results.csv: one row per point, from its point.json and its run's summary.json."""
+def recover_finished(points: Sequence[Point]) -> None:
+    """Record as finished the points whose run finished while their sweep died before it
+    could say so (point.json still 'running' or 'stopped')."""
+    for point in points:
+        record = point.record()
+        if record.get("status") == FINISHED:
+            continue
+        summary = read_json_quietly(point.run_dir / "summary.json")
+        if summary.get("status") == FINISHED:
+            record.update(status=FINISHED, error=None, recovered="from the run's summary.json")
+            atomic_write_json(point.record_path, record)
+
+
+def results_rows(
+    points: Sequence[Point], attempts: Mapping[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """results.csv: one row per point, from its point.json and its run's summary.json.
+
+    `attempts`: the points this sweep runs, by attempt number; a point whose record is from an
+    earlier attempt (a dead sweep's 'running', say) is pending until its new attempt starts.
+    """
     n_modules = max(p.config.n_modules for p in points)
     summaries = [read_json(p.run_dir / "summary.json") for p in points]
     probes = any(s.get("per_module_probe_acc") for s in summaries)
@@ -340,6 +500,8 @@ def results_rows(points: Sequence[Point]) -> list[dict[str, Any]]:
     rows = []
     for point, summary in zip(points, summaries):
         record = point.record()
+        if attempts and record.get("attempt", 0) < attempts.get(point.name, 0):
+            record = {}  # queued again: the record describes an earlier attempt
         rows.append(
             {
                 "point": point.name,
@@ -396,11 +558,28 @@ def run_sweep(
     if out.exists() and not out.is_dir():
         raise SweepError(f"out: {str(out_dir)!r} is a file; allowed: a folder")
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, what="sweep"):  # one sweep per folder: the second is refused, in one line
+        remove_temporary_files(out)  # what a killed sweep's writes left
+        return _run_points(points, grid_path, out, workers, kernel, template, progress)
+
+
+def _run_points(
+    points: list[Point],
+    grid_path: Path,
+    out: Path,
+    workers: int,
+    kernel: str,
+    template: str | Path,
+    progress: bool,
+) -> SweepOutcome:
+    """run_sweep's body, inside the sweep folder's lock."""
     atomic_write_bytes(out / "grid.yaml", grid_path.read_bytes())
     results = out / "results.csv"
+    recover_finished(points)
     skipped = [p.name for p in points if p.record().get("status") == FINISHED]
     todo = [p for p in points if p.name not in skipped]
-    write_csv(results, results_rows(points))
+    attempts = {p.name: p.record().get("attempt", 0) + 1 for p in todo}
+    write_csv(results, results_rows(points, attempts))
     outcome = SweepOutcome(results, [], [], skipped)
 
     from tqdm.auto import tqdm
@@ -424,39 +603,52 @@ def run_sweep(
             "template": str(template),
             "kernel": kernel,
             "cwd": os.getcwd(),
-            "attempt": point.record().get("attempt", 0) + 1,
+            "attempt": attempts[point.name],
             "threads": max(1, (os.cpu_count() or 1) // workers),
         }
     by_name = {p.name: p for p in points}
-    # spawn: fresh interpreters, no inherited threads or torch state; each starts its kernels
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures: dict[Future, str] = {
-            pool.submit(execute_point, jobs[p.name]): p.name for p in todo
-        }
-        try:
-            for future in as_completed(futures):
-                point = by_name[futures[future]]
-                try:
-                    record = future.result()
-                except Exception as e:  # the worker process itself died
-                    error = f"worker: {type(e).__name__}: {_first_line(str(e))}"
-                    record = {"name": point.name, "status": "failed", "error": error}
-                    atomic_write_json(point.record_path, record)
-                (outcome.finished if record["status"] == FINISHED else outcome.failed).append(
-                    point.name
-                )
-                if record["status"] != FINISHED:
-                    message = f"sweep: point {point.name} {record['status']}: {record['error']}"
-                    bar.write(message, file=sys.stderr)
-                write_csv(results, results_rows(points))
-                bar.set_postfix(failed=len(outcome.failed))
-                bar.update(1)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
-            write_csv(results, results_rows(points))
-            raise
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    try:
+        # spawn: fresh interpreters, no inherited threads or torch state; each starts its
+        # kernels, and _worker_init ties its life to this process
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+        ) as pool:
+            futures: dict[Future, str] = {
+                pool.submit(execute_point, jobs[p.name]): p.name for p in todo
+            }
+            try:
+                for future in as_completed(futures):
+                    point = by_name[futures[future]]
+                    try:
+                        record = future.result()
+                    except Exception as e:  # the worker process itself died
+                        error = f"worker: {type(e).__name__}: {_first_line(str(e))}"
+                        record = {"name": point.name, "status": "failed", "error": error}
+                        record["attempt"] = attempts[point.name]
+                        atomic_write_json(point.record_path, record)
+                    (outcome.finished if record["status"] == FINISHED else outcome.failed).append(
+                        point.name
+                    )
+                    if record["status"] != FINISHED:
+                        message = f"sweep: point {point.name} {record['status']}: {record['error']}"
+                        bar.write(message, file=sys.stderr)
+                    write_csv(results, results_rows(points, attempts))
+                    bar.set_postfix(failed=len(outcome.failed))
+                    bar.update(1)
+            except KeyboardInterrupt:
+                _stop_workers(pool)  # each stops its kernel and records its point
+                write_csv(results, results_rows(points, attempts))
+                raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
     bar.close()
-    write_csv(results, results_rows(points))
+    write_csv(results, results_rows(points, attempts))
     return outcome
 
 
@@ -498,6 +690,10 @@ def sweep_main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("workbench sweep: interrupted; finished points are kept", file=sys.stderr)
         return 130
+    except OSError as e:  # the sweep folder itself: full, read-only
+        message = f"out: cannot write in {args.out!r} ({os_reason(e)})"
+        print(f"workbench sweep: error: {message}", file=sys.stderr)
+        return 1
     print(
         f"{len(outcome.finished)} finished, {len(outcome.failed)} failed, "
         f"{len(outcome.skipped)} skipped (finished before); results: {outcome.results}"

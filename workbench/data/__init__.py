@@ -177,6 +177,8 @@ def _load_torchvision(config: Config) -> tuple[Arrays, dict[str, Any]]:
             arrays = _read_files(name, [path for path, _ in files])
         else:
             arrays = _read_with_torchvision(name, cls, root)
+    except DataError:
+        raise
     except Exception as err:  # a truncated or foreign file fails in any reader, any way
         raise DataError(
             f"dataset: {name} files in {folder} could not be read "
@@ -253,18 +255,71 @@ def _read_files(name: str, paths: Sequence[Path]) -> Arrays:
         raw = [np.fromfile(path, np.uint8) for path in paths[:4]]
         images = [r.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2) for r in raw[::2]]
         return (*_tensors(images[0], raw[1] - 1), *_tensors(images[1], raw[3] - 1))
-    # CIFAR: pickled dicts {"data": N x 3072 rows of CHW bytes, "labels" or "fine_labels"}.
-    # Unpickling runs code from the file; like torchvision, we trust the user's own copy.
+    # CIFAR: pickled dicts {"data": N x 3072 rows of CHW bytes, "labels" or "fine_labels"},
+    # read by an unpickler that builds numpy arrays and plain data, and nothing else
     key = "fine_labels" if name == "cifar100" else "labels"
     batches = []
     for path in paths[:-1]:  # the last file is the metadata
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")  # the originals are Python 2 pickles
+        batch = read_cifar_batch(path)
+        if not isinstance(batch, dict):
+            raise ValueError(f"{path.name} holds a {type(batch).__name__}, not a batch's dict")
         # keys are str in the originals, bytes in copies pickled from Python 3 bytes
         batches.append({k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()})
     x = [np.asarray(b["data"], np.uint8).reshape(-1, 3, 32, 32) for b in batches]
     y = [np.asarray(b[key], np.int64) for b in batches]
     return (*_tensors(np.concatenate(x[:-1]), np.concatenate(y[:-1])), *_tensors(x[-1], y[-1]))
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    # numpy 2 moved numpy.core to numpy._core (the old name still imports, with a warning);
+    # pickles name either, depending on the numpy that wrote them
+    try:
+        found = importlib.import_module(module.replace("numpy.core.", "numpy._core.", 1))
+    except ImportError:  # numpy < 1.26 has no numpy._core
+        found = importlib.import_module(module)
+    return getattr(found, name)
+
+
+# What a CIFAR batch file may name: numpy arrays (rebuilt from their dtype and raw bytes, by
+# either pickle protocol), numpy scalars, and the bytes codec Python 3 pickles bytes with.
+CIFAR_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    *(
+        (f"numpy.{core}.multiarray", f)
+        for core in ("core", "_core")
+        for f in ("_reconstruct", "scalar")
+    ),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes, numbers and numpy arrays; any other global (a
+    function a crafted file would call) is refused before anything runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which no CIFAR batch needs")
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
+        return _numpy_global(module, name)
+
+
+def read_cifar_batch(path: Path) -> Any:
+    """One CIFAR batch file through the restricted unpickler (the originals are Python 2
+    pickles: their str decode as latin-1)."""
+    with open(path, "rb") as f:
+        try:
+            return _CifarUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as e:
+            raise DataError(
+                f"dataset: {path} is refused as corrupt: {_one_line(e)} (nothing in it was "
+                "run); allowed: CIFAR's own batch files (delete them to download the originals)"
+            ) from None
 
 
 def _read_idx(path: Path) -> np.ndarray:

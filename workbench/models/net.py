@@ -27,10 +27,11 @@ class LayerwiseNet(nn.Module):
             x = module(x)
         return self.heads[-1](x)
 
-    def per_module_logits(self, x: Tensor, upto: int | None = None) -> list[Tensor]:
-        """Every module's auxiliary prediction, in depth order (up to module `upto`)."""
+    def per_module_logits(self, x: Tensor, upto: int | None = None, start: int = 0) -> list[Tensor]:
+        """The auxiliary predictions of modules start+1..upto, in depth order; x is the input
+        of module start+1 (the image when start is 0, a frozen prefix's output otherwise)."""
         logits = []
-        for module, head in list(zip(self.trunk, self.heads))[:upto]:
+        for module, head in list(zip(self.trunk, self.heads))[start:upto]:
             x = module(x)
             logits.append(head(x))
         return logits

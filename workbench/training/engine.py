@@ -1,18 +1,17 @@
-"""The training loop shared by every method: local steps, evaluation, records, events, resume.
+"""The training loop shared by every method: local steps, evaluation, records and events.
 
-`run_experiment(config)` is the one entry point the CLI, the notebooks and papermill call.
+The Trainer runs a method's phases (training/methods.py) over one model; run.py's
+`run_experiment` builds it. A non-finite loss (or parameter) stops the run as failed, naming
+module, epoch and step. Checkpoints and resume are checkpoints.py's; device, precision and
+memory are device.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import resource
-import sys
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -22,66 +21,37 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from workbench.config import Config, ConfigError
-from workbench.data import Batches, ImageData, load_data, make_batches, statistics_batches
-from workbench.events import EPOCH_END, MODULE_DONE, RUN_END, RUN_START, Callback, StopRequested
+from workbench.config import Config
+from workbench.data import Batches, ImageData, make_batches, statistics_batches
+from workbench.events import (
+    EPOCH_END,
+    ESTIMATE,
+    MODULE_DONE,
+    RUN_START,
+    Callback,
+    StopRequested,
+)
 from workbench.metrics import evaluate, per_module_probe_accuracy
-from workbench.models import LayerwiseNet, build_model
-from workbench.records import RunDir
+from workbench.models import LayerwiseNet
+from workbench.records import RunDir, RunFailed
 from workbench.regularizers import kinetic_weight
-from workbench.training.methods import Phase, plan
-
-LAST = "last.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks the GPU when there is one; asking for `cuda` without one is a config error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: got 'cuda' but no CUDA GPU is visible; allowed: auto, cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+from workbench.training.checkpoints import CheckpointMixin
+from workbench.training.device import (
+    autocast_dtype,
+    free_memory_bytes,
+    memory_format,
+    peak_memory_bytes,
+)
+from workbench.training.estimate import CostModel, SpeedProbe
+from workbench.training.methods import Phase, learning_rate, plan, restarts_momentum
 
 
-def check_speed_options(config: Config) -> None:
-    """Refuse, before any data is loaded, speed options that would change what is computed."""
-    if config.cache_features and config.resolved_augment != "none":
-        raise ConfigError(
-            f"cache_features: got true with augment={config.resolved_augment!r} "
-            f"({config.dataset}'s {'default ' if config.augment == 'auto' else ''}augmentation); "
-            "allowed: cache_features with augment none (a cache would freeze one augmented "
-            "copy of each image), or cache_features false"
-        )
+class Diverged(RunFailed):
+    """A loss or a parameter became NaN or infinite; the run stops as failed."""
 
-
-def autocast_dtype(config: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default (where bf16 is native), on the CPU only when asked."""
-    if config.precision == "bf16":
-        return torch.bfloat16
-    if config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def memory_format(config: Config, device: torch.device) -> torch.memory_format:
-    """NHWC on CUDA, the layout cuDNN's tensor-core convolutions use; NCHW on the CPU."""
-    if config.channels_last and device.type == "cuda":
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    """Free device memory on CUDA; the RAM the kernel says is available on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # free pages: a floor
+    def __init__(self, message: str, rows: list[dict[str, Any]]):
+        super().__init__(message)
+        self.rows = rows  # the diverged epoch's training rows, kept in metrics.jsonl
 
 
 class FeatureBatches:
@@ -106,31 +76,7 @@ class FeatureBatches:
         return ((self.features[idx], self.labels[idx]) for idx in chunks)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA's max allocated bytes on a GPU; the process's peak resident set on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def learning_rate(config: Config, epoch: float, total_epochs: int | None = None) -> float:
-    """The lr after `epoch` (fractional) of a module's `total_epochs` (default config.epochs)."""
-    if config.lr_schedule == "step":
-        return config.lr * config.lr_decay ** int(epoch // config.lr_step)
-    if config.lr_schedule == "cosine":
-        span = total_epochs or config.epochs
-        return config.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / span, 1.0)))
-    return config.lr
-
-
-def restarts_momentum(config: Config, epoch: int) -> bool:
-    """Whether a module's SGD starts afresh at the start of its `epoch` (0-indexed): at each
-    step decay, as layerCNN's and DGL's ImageNet code build a new optimizer there."""
-    return config.momentum_restart and epoch > 0 and epoch % config.lr_step == 0
-
-
-class Trainer:
+class Trainer(CheckpointMixin):
     """Holds one run's model, data, optimizers and records; the methods differ only in `plan`."""
 
     def __init__(
@@ -168,6 +114,14 @@ class Trainer:
         self.heads = [wrap(h) for h in model.heads]
         self.cache: FeatureBatches | None = None  # the current phase's prefix outputs
         self.stats_batches: Any = None  # training images for BatchNorm re-estimates (lazy)
+        # per step and trained module, whether its loss was finite: written on the device by
+        # each step, read by the host only when an epoch's losses are not all finite
+        self.finite: Tensor | None = None
+        self.step_index = 0
+        self.estimated = not self.callbacks  # the time estimate is for watchers: one per run
+        self.recovered: str | None = None  # how an unreadable last.pt was replaced, if it was
+        # the frozen prefix's outputs on the test set, for the current phase (or None)
+        self.test_features: list[tuple[Tensor, Tensor]] | None = None
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: str, info: dict[str, Any]) -> None:
@@ -201,13 +155,17 @@ class Trainer:
 
     # -- phases ------------------------------------------------------------------------------
     def begin_phase(self, phase: Phase) -> None:
-        """With cache_features, run the phase's frozen prefix over the training set once."""
-        if self.config.cache_features and phase.frozen_prefix > 0:  # not parallel, end-to-end
-            self.cache = self.build_cache(phase)
+        """Run the phase's frozen prefix over the test set once (its outputs do not change
+        while the phase trains), and with cache_features over the training set too."""
+        if phase.frozen_prefix > 0 and not self.end_to_end:  # sequential, multilap
+            self.test_features = self.build_test_cache(phase)
+            if self.config.cache_features:
+                self.cache = self.build_cache(phase)
 
     def end_phase(self, phase: Phase) -> None:
-        """Drop the cache, and the gradients and optimizer state of modules that are done."""
+        """Drop the caches, and the gradients and optimizer state of modules that are done."""
         self.cache = None
+        self.test_features = None
         if phase.lap == self.phases[-1].lap:  # these modules never train again
             for k in phase.modules:
                 self.optimizers.pop(str(k), None)
@@ -247,6 +205,23 @@ class Trainer:
             )
         labels = self.train_batches.y.to(self.device)
         return FeatureBatches(torch.cat(features), labels, self.train_batches)
+
+    @torch.inference_mode()  # evaluation only reads these
+    def build_test_cache(self, phase: Phase) -> list[tuple[Tensor, Tensor]] | None:
+        """The frozen prefix's outputs for every test image, or None if they would not fit in
+        half the free memory (each evaluation then runs the prefix again)."""
+        self.model.eval()
+        batches = iter(self.test_batches)
+        cached, need = [], 0
+        budget = free_memory_bytes(self.device) // 2
+        for x, y in batches:
+            features = self.prefix_features(phase, x.contiguous(memory_format=self.memory_format))
+            if not cached:  # size the whole set from the first batch
+                need = features[0].numel() * features.element_size() * len(self.test_batches.y)
+                if need > budget:
+                    return None
+            cached.append((features, y))
+        return cached
 
     # -- one step ----------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -290,6 +265,7 @@ class Trainer:
             opt.step()
             x = out.detach()  # no gradient crosses a module boundary
             stats[i] += torch.stack([ce.detach() * len(y), (logits.argmax(-1) == y).sum()])
+            self.note_finite(i, loss)
 
     def end_to_end_step(self, x: Tensor, y: Tensor, stats: Tensor) -> None:
         """Backprop through the trunk from the last head; other heads learn on detached features."""
@@ -309,6 +285,14 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
+        for k, ce in enumerate(losses):
+            self.note_finite(k, ce)
+        self.note_finite(last, total)  # the kinetic term: charged to the module backprop ends at
+
+    def note_finite(self, i: int, loss: Tensor) -> None:
+        """Record on the device whether the phase's i-th module had a finite loss this step."""
+        if self.finite is not None:
+            self.finite[i, self.step_index].logical_and_(torch.isfinite(loss.detach()))
 
     # -- one epoch ---------------------------------------------------------------------------
     def train_pass(self, phase: Phase, epoch: int) -> tuple[list[list[float]], int, float, float]:
@@ -322,6 +306,10 @@ class Trainer:
         batches = self.train_batches if self.cache is None else self.cache
         stats = torch.zeros(len(phase.modules), 2, device=self.device)  # loss sum, correct
         n_batches, seen, lr = len(batches), 0, 0.0
+        self.finite = torch.ones(
+            len(phase.modules), n_batches, dtype=torch.bool, device=self.device
+        )
+        probe = None if self.estimated else SpeedProbe(self.synchronize)
         if restarts_momentum(self.config, phase.first_epoch + epoch):
             for key in keys:
                 self.optimizer(key).state.clear()  # SGD's state is its momentum buffers
@@ -330,14 +318,76 @@ class Trainer:
             if self.stop.is_set():
                 raise StopRequested
             lr = self.set_lr(keys, phase, epoch + i / n_batches)
+            self.step_index = i
             self.step(phase, x, y, stats)
             seen += len(y)
+            speed = probe.after_step(len(y)) if probe else None
+            if speed is not None:
+                self.report_estimate(phase, epoch, speed)
+                probe = None
         totals = stats.tolist()  # the epoch's one host sync (so `seconds` is honest on CUDA)
-        return totals, seen, time.perf_counter() - start, lr
+        seconds = time.perf_counter() - start
+        if probe:  # the pass ended before the probe had its steps
+            self.report_estimate(phase, epoch, probe.at_pass_end(seen, seconds))
+        return totals, seen, seconds, lr
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def report_estimate(self, phase: Phase, epoch: int, images_per_s: float) -> None:
+        """Emit ESTIMATE: the rest of the run at the speed of these first steps."""
+        self.estimated = True
+        cost = CostModel.of(
+            self.config,
+            self.data.num_classes,
+            self.data.provenance.get("n_train") or len(self.train_batches) * self.config.batch_size,
+            self.data.provenance.get("n_test") or 0,
+        )
+        index = self.phases.index(phase)
+        flops_per_s = images_per_s * cost.train_per_image(phase)
+        left = phase.epochs - epoch + sum(p.epochs for p in self.phases[index + 1 :])
+        self.emit(
+            ESTIMATE,
+            {
+                "seconds": cost.remaining(self.phases, index, epoch) / flops_per_s,
+                "images_per_s": images_per_s,
+                "epochs_left": left,
+                "device": str(self.device),
+            },
+        )
+
+    def check_finite(self, phase: Phase, epoch: int, totals: list[list[float]]) -> str | None:
+        """None when the epoch's losses and the trained parameters are finite; else what broke:
+        the module, its epoch and the first step whose loss was not finite."""
+        where = f"epoch {phase.first_epoch + epoch + 1}"
+        steps = self.finite
+        if steps is not None and not bool(steps.all()):  # host reads: once per epoch
+            step, i = (int(v) for v in (~steps).t().nonzero()[0])  # the earliest step first
+            module = phase.modules[i] + 1
+            return (
+                f"module {module}'s loss is NaN or infinite at {where}, "
+                f"step {step + 1} of {steps.shape[1]}"
+            )
+        for k, (loss, _) in zip(phase.modules, totals):
+            if not math.isfinite(loss):
+                return f"module {k + 1}'s loss is NaN or infinite during {where}"
+        finite = torch.stack(
+            [torch.stack([p.isfinite().all() for p in self.module_parameters(k)]).all()
+             for k in phase.modules]
+        ).tolist()  # fmt: skip
+        for k, ok in zip(phase.modules, finite):
+            if not ok:
+                return f"module {k + 1}'s parameters became NaN or infinite during {where}"
+        return None
+
+    def module_parameters(self, k: int) -> list[Tensor]:
+        return [*self.model.trunk[k].parameters(), *self.model.heads[k].parameters()]
 
     def train_epoch(self, phase: Phase, epoch: int) -> list[dict[str, Any]]:
         """Train the phase's modules for one epoch; returns the epoch's metric rows."""
         totals, seen, seconds, lr = self.train_pass(phase, epoch)
+        broken = self.check_finite(phase, epoch, totals)
         self.global_epoch += 1
         base = {
             "global_epoch": self.global_epoch,
@@ -357,24 +407,35 @@ class Trainer:
             }
             for k, (loss, hits) in zip(phase.modules, totals)
         ]
+        if broken:
+            raise Diverged(
+                f"training diverged: {broken} (lr {self.config.lr:g}); the run stopped as failed "
+                "and keeps the records of the epochs before; try a smaller lr (in a new --out)",
+                rows,
+            )
         upto = max(phase.modules) + 1
         self.refresh_batchnorm(phase)
-        result = evaluate(self.model, self.test_batches, upto=upto, autocast=self.amp)
+        if self.test_features is not None:  # the frozen prefix's outputs, computed once
+            start = phase.frozen_prefix
+            result = evaluate(self.model, self.test_features, upto, self.amp, start=start)
+        else:
+            result = evaluate(self.model, self.test_batches, upto=upto, autocast=self.amp)
         for k in phase.modules:
-            self.test_acc[k + 1] = result.per_module_acc[k]
-            self.test_top5[k + 1] = result.per_module_top5[k]
+            i = k - result.first
+            self.test_acc[k + 1] = result.per_module_acc[i]
+            self.test_top5[k + 1] = result.per_module_top5[i]
             rows.append(
                 {
                     **base,
                     "module": k + 1,
                     "split": "test",
-                    "loss": result.per_module_loss[k],
-                    "acc": result.per_module_acc[k],
-                    "top5": result.per_module_top5[k],
+                    "loss": result.per_module_loss[i],
+                    "acc": result.per_module_acc[i],
+                    "top5": result.per_module_top5[i],
                 }
             )
             if self.reports(phase, k):
-                self.track_best(k, result.per_module_acc[k], result.per_module_top5[k])
+                self.track_best(k, result.per_module_acc[i], result.per_module_top5[i])
         return rows
 
     @torch.no_grad()
@@ -426,55 +487,6 @@ class Trainer:
         if self.best is None or acc > self.best["acc"]:
             self.best = {"acc": acc, "top5": top5, "epoch": self.global_epoch, "module": k + 1}
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def save(self, phase_index: int, epochs_done: int, metrics_rows: int, elapsed: float) -> None:
-        self.run.save_checkpoint(
-            LAST,
-            {
-                "phase": phase_index,
-                "epochs_done": epochs_done,
-                "metrics_rows": metrics_rows,
-                "global_epoch": self.global_epoch,
-                "test_acc": self.test_acc,
-                "test_top5": self.test_top5,
-                "best": self.best,
-                "elapsed": elapsed,
-                "model": self.model.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "rng": torch.get_rng_state(),
-            },
-        )
-
-    def restore(self) -> tuple[int, int]:
-        """Load the last checkpoint, if any; returns (phase index, epochs done in it)."""
-        state = self.run.load_checkpoint(LAST)
-        if state is None:
-            self.run.truncate_metrics(0)
-            return 0, 0
-        self.model.load_state_dict(state["model"])
-        for key, opt_state in state["optimizers"].items():
-            self.optimizer(key).load_state_dict(opt_state)
-        self.global_epoch, self.test_acc = state["global_epoch"], dict(state["test_acc"])
-        self.test_top5, self.best = dict(state.get("test_top5", {})), state.get("best")
-        self.train_batches.epoch = self.global_epoch  # same data order as an unbroken run
-        self.elapsed_before = state["elapsed"]
-        torch.set_rng_state(state["rng"])
-        self.run.truncate_metrics(state["metrics_rows"])
-        phase, done = state["phase"], state["epochs_done"]
-        if done == self.phases[phase].epochs:  # that phase was complete: start the next
-            return phase + 1, 0
-        return phase, done
-
-    def save_module(self, k: int) -> None:
-        self.run.save_checkpoint(
-            f"module_{k + 1}.pt",
-            {
-                "trunk": self.model.trunk[k].state_dict(),
-                "head": self.model.heads[k].state_dict(),
-                "test_acc": self.test_acc.get(k + 1),
-            },
-        )
-
     # -- the whole run -----------------------------------------------------------------------
     def elapsed(self) -> float:
         """Training wall time so far, earlier sessions of a resumed run included."""
@@ -488,6 +500,13 @@ class Trainer:
         summary["resumed_from"] = (
             {"phase": start_phase, "epochs_done": start_epoch} if self.global_epoch else None
         )
+        if self.recovered:
+            summary["recovered"] = self.recovered
+        last_lap = self.phases[-1].lap
+        finished = [
+            k + 1 for p in self.phases[:start_phase] if p.lap == last_lap for k in p.modules
+        ]
+        summary["modules_finished"] = max(finished, default=0)
         self.session_start = time.perf_counter()
         self.emit(
             RUN_START,
@@ -506,10 +525,21 @@ class Trainer:
                 continue
             self.begin_phase(phase)
             for epoch in range(start_epoch if index == start_phase else 0, phase.epochs):
-                rows = self.train_epoch(phase, epoch)
+                try:
+                    rows = self.train_epoch(phase, epoch)
+                except Diverged as e:
+                    self.run.append_metrics(e.rows)
+                    raise
                 self.run.append_metrics(rows)
                 elapsed = self.elapsed()
-                self.save(index, epoch + 1, len(self.run.read_metrics()), elapsed)
+                n_rows = len(self.run.read_metrics())
+                if phase.lap == last_lap and epoch + 1 == phase.epochs:
+                    # the modules' checkpoints first: last.pt then skips past them on resume
+                    resume = self.resume_point(index, phase.epochs, n_rows, elapsed)
+                    for k in phase.modules:
+                        self.save_module(k, resume)
+                    summary["modules_finished"] = max(k + 1 for k in phase.modules)
+                self.save(index, epoch + 1, n_rows, elapsed)
                 summary.update(self.progress_summary(elapsed))
                 self.run.write_summary(summary)
                 self.emit(
@@ -525,11 +555,7 @@ class Trainer:
                         "device": str(self.device),
                     },
                 )
-            last_lap = phase.lap == self.phases[-1].lap
             for k in phase.modules:
-                if last_lap:
-                    self.save_module(k)
-                    summary["modules_finished"] = max(summary.get("modules_finished", 0), k + 1)
                 self.emit(
                     MODULE_DONE,
                     {"module": k + 1, "lap": phase.lap + 1, "test_acc": self.test_acc.get(k + 1)},
@@ -583,66 +609,3 @@ class Trainer:
                 self.model, plain_train, self.test_batches, self.data.num_classes, self.amp
             )
         return out
-
-
-def run_experiment(
-    config: Config,
-    callbacks: Sequence[Callback] = (),
-    stop: threading.Event | None = None,
-) -> dict[str, Any]:
-    """Train `config` into its run folder and return the summary (also in summary.json).
-
-    Everything that can be refused (device, data, run folder) is checked before training.
-    A run folder holding an unfinished run of the same config resumes from its checkpoint; a
-    finished one is returned as it is. Stopping (the flag, or Ctrl-C) leaves status 'stopped'.
-    """
-    device = resolve_device(config.device)
-    check_speed_options(config)
-    data = load_data(config)
-    run = RunDir.open(config)
-    previous = run.read_summary()
-    if previous and previous.get("status") == "finished":
-        return previous
-    config = run.config
-    model = build_model(config, data.num_classes).to(device)
-    trainer = Trainer(config, run, model, data, device, callbacks, stop)
-    summary: dict[str, Any] = {
-        "status": "running",
-        "run_dir": str(run.path),
-        "method": config.method,
-        "arch": config.arch,
-        "n_modules": config.n_modules,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "data": data.provenance,
-        "eval_protocol": config.eval_protocol,
-        "test_split": data.provenance.get("test_split"),
-        "per_module_test_acc": [],
-        "per_module_test_top5": [],
-        "final_test_acc": None,
-        "final_test_top5": None,
-        "ensemble_test_acc": None,
-        "modules_finished": 0,
-        "trunk_params": [sum(p.numel() for p in m.parameters()) for m in model.trunk],
-        "head_params": [sum(p.numel() for p in h.parameters()) for h in model.heads],
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    run.write_summary(summary)
-    try:
-        trainer.fit(summary)
-        summary.update(trainer.final_summary())
-        summary["status"] = "finished"
-    except (StopRequested, KeyboardInterrupt):
-        summary["status"] = "stopped"
-    except Exception as e:
-        summary["status"] = "failed"
-        summary["error"] = f"{type(e).__name__}: {e}"
-        summary["traceback"] = traceback.format_exc()
-        raise
-    finally:
-        summary["wall_time_s"] = trainer.elapsed()
-        summary["peak_memory_bytes"] = peak_memory_bytes(device)
-        summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        run.write_summary(summary)
-        trainer.emit(RUN_END, {"summary": summary})
-    return summary

@@ -12,6 +12,7 @@ ne1 = `epochs`, and multilap gives module k those extra epochs in every lap (TRG
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from workbench.config import Config
@@ -53,3 +54,19 @@ def plan(config: Config) -> list[Phase]:
             for m in range(k)
         ]
     return [Phase(tuple(range(k)), epochs, total_epochs=epochs)]  # parallel, end-to-end
+
+
+def learning_rate(config: Config, epoch: float, total_epochs: int | None = None) -> float:
+    """The lr after `epoch` (fractional) of a module's `total_epochs` (default config.epochs)."""
+    if config.lr_schedule == "step":
+        return config.lr * config.lr_decay ** int(epoch // config.lr_step)
+    if config.lr_schedule == "cosine":
+        span = total_epochs or config.epochs
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / span, 1.0)))
+    return config.lr
+
+
+def restarts_momentum(config: Config, epoch: int) -> bool:
+    """Whether a module's SGD starts afresh at the start of its `epoch` (0-indexed): at each
+    step decay, as layerCNN's and DGL's ImageNet code build a new optimizer there."""
+    return config.momentum_restart and epoch > 0 and epoch % config.lr_step == 0

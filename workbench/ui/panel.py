@@ -5,6 +5,8 @@
 
 Training runs in a background thread so the panel stays responsive; Stop sets the run's stop
 flag, which the loop checks between steps, and the run folder is left with status 'stopped'.
+After its first steps a run's estimated time shows under the buttons; a run estimated over a
+day stops there, and pressing Start again (same config) confirms it and resumes it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import ipywidgets as widgets
 
 from workbench import config as cfg
 from workbench.config import Config, ConfigError, config_fields
-from workbench.events import RUN_END
+from workbench.events import CONFIRM_ABOVE_S, ESTIMATE, RUN_END, describe_estimate, format_duration
 from workbench.presets import PRESETS
+from workbench.records import RunFailed
 from workbench.ui.live import LivePlots
 
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -131,6 +134,9 @@ class WorkbenchPanel:
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
         self.summary: dict[str, Any] | None = None
+        self.confirmed: Config | None = None  # a long run the user chose to go on with
+        self.asked: Config | None = None  # the long run that stopped to ask
+        self.asked_dir = ""  # and its folder
         self.widget = widgets.VBox(
             [
                 self.preset,
@@ -198,6 +204,10 @@ class WorkbenchPanel:
             self.message.value = f"<span style='color:#b00'>{e}</span>"
             return
         self.message.value = ""
+        if config == self.asked:  # Start again after the question: go on, in the same folder
+            config = config if config.out else config.replace(out=self.asked_dir)
+            self.confirmed = config
+        self.asked = None
         self.stop_flag = threading.Event()
         self.start_button.disabled, self.stop_button.disabled = True, False
         self.thread = threading.Thread(target=self._train, args=(config,), daemon=True)
@@ -211,7 +221,16 @@ class WorkbenchPanel:
     def _train(self, config: Config) -> None:
         from workbench.training import run_experiment
 
+        estimate = [""]
+
         def remember(event: str, info: dict[str, Any]) -> None:
+            if event == ESTIMATE:
+                estimate[0] = self.message.value = describe_estimate(info)
+                if info["seconds"] > CONFIRM_ABOVE_S and config != self.confirmed:
+                    self.asked = config
+                    self.stop_flag.set()
+            if event == RUN_END and self.asked is not None:
+                self.asked_dir = info["summary"]["run_dir"]
             if event == RUN_END and self.keep_runs.value:
                 summary = info["summary"]
                 if summary.get("per_module_test_acc"):
@@ -223,7 +242,12 @@ class WorkbenchPanel:
                 config, callbacks=[self.plots, remember], stop=self.stop_flag
             )
             self.message.value = f"run {self.summary['status']}"
-        except ConfigError as e:
+            if self.asked is not None:
+                self.message.value = (
+                    f"{estimate[0]}: over {format_duration(CONFIRM_ABOVE_S)}, so it stopped to "
+                    "ask; press <b>Start</b> again to go on (it resumes)"
+                )
+        except (ConfigError, RunFailed) as e:  # one line: refused, diverged, disk full
             self.message.value = f"<span style='color:#b00'>{e}</span>"
         except Exception:
             self.message.value = f"<pre style='color:#b00'>{traceback.format_exc()}</pre>"

@@ -1,0 +1,101 @@
+"""`run_experiment(config)`: the one entry point the CLI, the notebooks and papermill call."""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from workbench.config import Config
+from workbench.data import ImageData, load_data
+from workbench.events import RUN_END, Callback, StopRequested
+from workbench.models import build_model
+from workbench.records import RunDir, WriteError
+from workbench.training.device import check_speed_options, peak_memory_bytes, resolve_device
+from workbench.training.engine import Trainer
+
+
+def run_experiment(
+    config: Config,
+    callbacks: Sequence[Callback] = (),
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Train `config` into its run folder and return the summary (also in summary.json).
+
+    Everything that can be refused (device, data, run folder) is checked before training.
+    The run holds its folder's lock until it returns or raises: a second run on the folder is
+    refused, naming this one. A run folder holding an unfinished run of the same config
+    resumes from its checkpoint; a finished one is returned as it is. Stopping (the flag, or
+    Ctrl-C) leaves status 'stopped'; a diverged run or a failed write leaves 'failed', with the
+    error, and raises (RunFailed: one line for the user).
+    """
+    device = resolve_device(config.device)
+    check_speed_options(config)
+    data = load_data(config)
+    with RunDir.open(config) as run:
+        previous = run.read_summary()
+        if previous and previous.get("status") == "finished":
+            return previous
+        return _train(run, data, device, callbacks, stop)
+
+
+def _train(
+    run: RunDir,
+    data: ImageData,
+    device: torch.device,
+    callbacks: Sequence[Callback],
+    stop: threading.Event | None,
+) -> dict[str, Any]:
+    """The body of run_experiment, inside the run folder's lock."""
+    config = run.config
+    model = build_model(config, data.num_classes).to(device)
+    trainer = Trainer(config, run, model, data, device, callbacks, stop)
+    summary: dict[str, Any] = {
+        "status": "running",
+        "run_dir": str(run.path),
+        "method": config.method,
+        "arch": config.arch,
+        "n_modules": config.n_modules,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "data": data.provenance,
+        "eval_protocol": config.eval_protocol,
+        "test_split": data.provenance.get("test_split"),
+        "per_module_test_acc": [],
+        "per_module_test_top5": [],
+        "final_test_acc": None,
+        "final_test_top5": None,
+        "ensemble_test_acc": None,
+        "modules_finished": 0,
+        "trunk_params": [sum(p.numel() for p in m.parameters()) for m in model.trunk],
+        "head_params": [sum(p.numel() for p in h.parameters()) for h in model.heads],
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    try:
+        run.write_summary(summary)
+        trainer.fit(summary)
+        summary.update(trainer.final_summary())
+        summary["status"] = "finished"
+    except (StopRequested, KeyboardInterrupt):
+        summary["status"] = "stopped"
+    except Exception as e:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(e).__name__}: {e}"
+        summary["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        summary["wall_time_s"] = trainer.elapsed()
+        summary["peak_memory_bytes"] = peak_memory_bytes(device)
+        summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        try:
+            run.write_summary(summary)
+        except WriteError:
+            if summary["status"] != "failed":  # else the error being raised says it already
+                raise
+        finally:
+            trainer.emit(RUN_END, {"summary": summary})
+    return summary
