@@ -200,3 +200,12 @@ def test_example_grids_are_valid(grid, tmp_path):
     points = expand_grid(*load_grid(grid), tmp_path)
     assert len(points) >= 4
     assert len({p.name for p in points}) == len(points)
+
+
+@pytest.mark.parametrize("name", ["greedy-aux-depth", "accelerated", "kinetic-tau"])
+def test_example_grids_are_the_teaching_notebooks_settings_over_three_seeds(tmp_path, name):
+    grid = Path(__file__).resolve().parents[1] / "notebooks" / "grids" / f"{name}.yaml"
+    points = expand_grid(*load_grid(grid), tmp_path)  # every point validated as a Config
+    assert len(points) >= 12
+    assert {p.config.seed for p in points} == {0, 1, 2}
+    assert all(p.config.dataset == "cifar10" for p in points)

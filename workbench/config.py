@@ -147,6 +147,7 @@ class Config:
     channels_last: bool = True  # NHWC tensors on CUDA (ignored on the CPU)
     compile: bool = False  # torch.compile each module and head
     cache_features: bool = False  # sequential without augmentation: run the frozen prefix once
+    eval_batch_size: int = 0  # test images per batch; 0 = automatic: up to 1024, memory permitting
     seed: int = 0
     out: str = ""  # run folder; "" = runs/<time>-<arch>-<method>
 
@@ -392,6 +393,7 @@ def _validate_training(c: Config) -> None:
         raise ConfigError(f"tau: got {c.tau!r}; allowed: a finite number > 0")
     _at_least("epochs", c.epochs, 1, "a positive number of epochs")
     _at_least("batch_size", c.batch_size, 1, "a positive batch size")
+    _at_least("eval_batch_size", c.eval_batch_size, 0, "0 (automatic) or a positive batch size")
     if not c.lr > 0 or math.isinf(c.lr):
         raise ConfigError(f"lr: got {c.lr!r}; allowed: a finite number > 0")
     _at_least("lr_step", c.lr_step, 1, "a positive number of epochs")

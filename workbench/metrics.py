@@ -15,18 +15,38 @@ from workbench.models import LayerwiseNet
 
 @dataclass
 class Evaluation:
-    """Test metrics of modules 1..n (lists in depth order)."""
+    """Test metrics of modules first+1..n (lists in depth order)."""
 
     per_module_acc: list[float]
     per_module_loss: list[float]
     ensemble_acc: float
     per_module_top5: list[float]  # the label among the 5 highest logits (all, with < 5 classes)
     first: int = 0  # the lists start at module first + 1 (a frozen prefix was not evaluated)
+    logits: list[Tensor] | None = None  # with keep_logits: each module's test logits (host)
+    labels: Tensor | None = None  # with keep_logits: the test labels, in the logits' order
 
 
 def _autocast(x: Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Autocast to `dtype` on x's device (as training ran); None: nothing at all."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(x.device.type, dtype)
+
+
+def logit_counts(logits: Tensor, y: Tensor, first: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(correct, loss sum, top-5 correct) per module and the ensemble's correct, on the device.
+
+    `logits` is modules x images x classes for modules first+1.. . The ensemble is
+    Z = sum_j 2^j z_j over the heads' logits (Belilovsky et al.), so deeper, better heads
+    dominate. Evaluation and the final summary's reuse of kept logits both count with this.
+    """
+    logits = logits.float()
+    losses = torch.stack([F.cross_entropy(z, y, reduction="sum") for z in logits])
+    hits = (logits.argmax(-1) == y).sum(-1)
+    best5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # n x B x 5
+    hits5 = (best5 == y[:, None]).any(-1).sum(-1)
+    n = first + len(logits)
+    weights = 2.0 ** torch.arange(first + 1, n + 1, device=logits.device, dtype=logits.dtype)
+    ensemble = (weights[:, None, None] * logits).sum(0)
+    return hits, losses, hits5, (ensemble.argmax(-1) == y).sum()
 
 
 @torch.inference_mode()
@@ -36,47 +56,62 @@ def evaluate(
     upto: int | None = None,
     autocast: torch.dtype | None = None,
     start: int = 0,
+    first: int | None = None,
+    keep_logits: bool = False,
 ) -> Evaluation:
-    """Accuracy and loss of every module's auxiliary head, and of the layer ensemble.
+    """Accuracy and loss of modules first+1..upto's auxiliary heads, and their layer ensemble.
 
-    The ensemble is Z = sum_j 2^j z_j over the heads' logits (Belilovsky et al.), so deeper,
-    better heads dominate. Counts stay on the device; the host reads them once at the end.
-    `autocast` is the dtype training ran its forward passes in (None: fp32). With `start` > 0
-    the batches hold module start+1's inputs (a frozen prefix's cached outputs) and only
-    modules start+1..upto are evaluated.
+    Counts stay on the device; the host reads them once at the end. `autocast` is the dtype
+    training ran its forward passes in (None: fp32). With `start` > 0 the batches hold module
+    start+1's inputs (a frozen prefix's cached outputs). Modules before `first` (default
+    `start`) run without their heads: a frozen module's head has nothing new to say.
+    `keep_logits` also returns every evaluated head's logits (on the host) and the labels.
     """
     was_training = model.training
     model.eval()
     n = len(model) if upto is None else upto
-    correct = loss_sum = ensemble_correct = top5 = None
+    first = start if first is None else first
+    totals: list[Tensor] | None = None
+    kept: list[list[Tensor]] = [[] for _ in range(first, n)]
+    labels: list[Tensor] = []
     seen = 0
     for x, y in batches:
         with _autocast(x, autocast):
-            per_module = model.per_module_logits(x, n, start)
+            for module in model.trunk[start:first]:
+                x = module(x)
+            per_module = model.per_module_logits(x, n, first)
         logits = torch.stack([z.float() for z in per_module])  # n x B x C
-        losses = torch.stack([F.cross_entropy(z, y, reduction="sum") for z in logits])
-        hits = (logits.argmax(-1) == y).sum(-1)
-        best5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # n x B x 5
-        hits5 = (best5 == y[:, None]).any(-1).sum(-1)
-        top5 = hits5 if top5 is None else top5 + hits5
-        weights = 2.0 ** torch.arange(start + 1, n + 1, device=logits.device, dtype=logits.dtype)
-        ensemble = (weights[:, None, None] * logits).sum(0)
-        ensemble_hits = (ensemble.argmax(-1) == y).sum()
-        correct = hits if correct is None else correct + hits
-        loss_sum = losses if loss_sum is None else loss_sum + losses
-        ensemble_correct = (
-            ensemble_hits if ensemble_correct is None else ensemble_correct + ensemble_hits
-        )
+        counts = logit_counts(logits, y, first)
+        totals = list(counts) if totals is None else [t + c for t, c in zip(totals, counts)]
+        if keep_logits:
+            for store, z in zip(kept, logits):
+                store.append(z)
+            labels.append(y)
         seen += len(y)
     model.train(was_training)
-    assert correct is not None and loss_sum is not None and ensemble_correct is not None
-    assert top5 is not None
+    assert totals is not None, "no test batches"
+    correct, loss_sum, top5, ensemble_correct = totals
     return Evaluation(
         per_module_acc=(correct.double() / seen).tolist(),
         per_module_loss=(loss_sum.double() / seen).tolist(),
         ensemble_acc=float(ensemble_correct) / seen,
         per_module_top5=(top5.double() / seen).tolist(),
-        first=start,
+        first=first,
+        logits=[torch.cat(z).cpu() for z in kept] if keep_logits else None,
+        labels=torch.cat(labels).cpu() if keep_logits else None,
+    )
+
+
+def evaluation_of_logits(logits: list[Tensor], labels: Tensor) -> Evaluation:
+    """Every module's metrics and the layer ensemble from kept test logits (modules 1..n),
+    as `evaluate` would count them on the same logits: no forward pass at all."""
+    correct, loss_sum, top5, ensemble_correct = logit_counts(torch.stack(logits), labels, 0)
+    seen = len(labels)
+    return Evaluation(
+        per_module_acc=(correct.double() / seen).tolist(),
+        per_module_loss=(loss_sum.double() / seen).tolist(),
+        ensemble_acc=float(ensemble_correct) / seen,
+        per_module_top5=(top5.double() / seen).tolist(),
     )
 
 

@@ -25,6 +25,7 @@ NON_EXPERIMENT_FIELDS = (
     "precision",
     "channels_last",
     "compile",
+    "eval_batch_size",
     "cache_features",
     "probe",
     "seed",

@@ -500,35 +500,45 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def make_batches(
-    data: ImageData | StreamedData, config: Config, device: torch.device
+    data: ImageData | StreamedData,
+    config: Config,
+    device: torch.device,
+    eval_batch_size: int | None = None,
 ) -> tuple[Batches, Batches] | tuple[StreamedBatches, StreamedBatches]:
-    """The training batches (shuffled, augmented, seeded by config.seed) and the test batches."""
+    """The training batches (shuffled, augmented, seeded by config.seed) and the test batches
+    (`eval_batch_size` images each; default the training batch size)."""
+    eval_batch_size = eval_batch_size or config.batch_size
     if not isinstance(data, ImageData):  # a streamed dataset: files read by DataLoader workers
         from workbench.data.folders import make_streamed_batches
 
-        return make_streamed_batches(data, config, device)
+        return make_streamed_batches(data, config, device, eval_batch_size)
     batches = functools.partial(
         Batches, batch_size=config.batch_size, device=device, mean=data.mean, std=data.std
     )
     train = batches(
         data.train_x, data.train_y, augment=config.resolved_augment, shuffle=True, seed=config.seed
     )
-    return train, batches(data.test_x, data.test_y)
+    return train, batches(data.test_x, data.test_y, batch_size=eval_batch_size)
 
 
 PRECISE_BN_MAX = 4096  # images a BatchNorm re-estimate reads at most (pycls reads 8192 on ImageNet)
 
 
-def statistics_batches(data: ImageData | StreamedData, config: Config, device: torch.device):
+def statistics_indices(data: ImageData | StreamedData, config: Config) -> Tensor:
     """A fixed, class-balanced tenth of the training set (one batch at least, 4096 images at
-    most), unaugmented and in order: what BatchNorm statistics are re-estimated on.
+    most), in order: the images BatchNorm statistics are re-estimated on.
 
     A tenth keeps the forward passes under about a tenth of an epoch's training cost, and a
     fixed sample drawn from its own seed leaves the training batches' order untouched.
     """
     labels = data.train_y
     n = min(len(labels), PRECISE_BN_MAX, max(config.batch_size, len(labels) // 10))
-    keep = _balanced_indices(labels, n, MNIST5K_SPLIT_SEED + config.seed)
+    return _balanced_indices(labels, n, MNIST5K_SPLIT_SEED + config.seed)
+
+
+def statistics_batches(data: ImageData | StreamedData, config: Config, device: torch.device):
+    """The statistics_indices images, unaugmented and in order, in training-sized batches."""
+    keep = statistics_indices(data, config)
     if not isinstance(data, ImageData):
         from workbench.data.folders import make_statistics_batches
 

@@ -387,7 +387,7 @@ def load_streamed(config: Config) -> StreamedData:
 
 
 def make_streamed_batches(
-    data: StreamedData, config: Config, device: torch.device
+    data: StreamedData, config: Config, device: torch.device, eval_batch_size: int
 ) -> tuple[StreamedBatches, StreamedBatches]:
     """The training batches (shuffled, augmented, seeded by config.seed) and the test batches."""
     train_transform, test_transform, _ = transforms(config)
@@ -401,6 +401,7 @@ def make_streamed_batches(
     train = StreamedBatches(
         data.train, transform=train_transform, shuffle=True, seed=config.seed, **common
     )
+    common["batch_size"] = eval_batch_size
     return train, StreamedBatches(data.test, transform=test_transform, **common)
 
 

@@ -19,10 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.config import Config
-from workbench.data import Batches, ImageData, make_batches, statistics_batches
+from workbench.data import Batches, ImageData, make_batches
 from workbench.events import (
     EPOCH_END,
     ESTIMATE,
@@ -31,7 +30,6 @@ from workbench.events import (
     Callback,
     StopRequested,
 )
-from workbench.metrics import evaluate, per_module_probe_accuracy
 from workbench.models import LayerwiseNet
 from workbench.records import RunDir, RunFailed
 from workbench.regularizers import kinetic_weight
@@ -43,7 +41,9 @@ from workbench.training.device import (
     peak_memory_bytes,
 )
 from workbench.training.estimate import CostModel, SpeedProbe
+from workbench.training.evaluation import EvaluationMixin, auto_eval_batch_size
 from workbench.training.methods import Phase, learning_rate, plan, restarts_momentum
+from workbench.training.timing import Clock
 
 
 class Diverged(RunFailed):
@@ -76,7 +76,7 @@ class FeatureBatches:
         return ((self.features[idx], self.labels[idx]) for idx in chunks)
 
 
-class Trainer(CheckpointMixin):
+class Trainer(EvaluationMixin, CheckpointMixin):
     """Holds one run's model, data, optimizers and records; the methods differ only in `plan`."""
 
     def __init__(
@@ -88,11 +88,19 @@ class Trainer(CheckpointMixin):
         device: torch.device,
         callbacks: Sequence[Callback] = (),
         stop: threading.Event | None = None,
+        clock: Clock | None = None,
     ):
         self.config, self.run, self.model, self.data, self.device = config, run, model, data, device
         self.callbacks = list(callbacks)
         self.stop = stop or threading.Event()
-        self.train_batches, self.test_batches = make_batches(data, config, device)
+        self.clock = clock or Clock()
+        self.clock.sync = self.synchronize
+        self.eval_batch_size = config.eval_batch_size or auto_eval_batch_size(
+            model, self.sample_image(), config.batch_size
+        )
+        self.train_batches, self.test_batches = make_batches(
+            data, config, device, self.eval_batch_size
+        )
         self.end_to_end = config.method == "end-to-end"
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.test_acc: dict[int, float] = {}  # latest test accuracy per module (1-indexed)
@@ -122,11 +130,22 @@ class Trainer(CheckpointMixin):
         self.recovered: str | None = None  # how an unreadable last.pt was replaced, if it was
         # the frozen prefix's outputs on the test set, for the current phase (or None)
         self.test_features: list[tuple[Tensor, Tensor]] | None = None
+        # each module's test logits from its latest evaluation (host), for the final summary
+        self.test_logits: dict[int, Tensor] = {}
+        self.test_labels: Tensor | None = None
+
+    def sample_image(self) -> Tensor:
+        """An input of the trunk's shape on the device (it sizes the test batches)."""
+        c, s = self.config.dataset_info.channels, self.config.input_size
+        return torch.zeros(1, c, s, s, device=self.device).contiguous(
+            memory_format=memory_format(self.config, self.device)
+        )
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: str, info: dict[str, Any]) -> None:
-        for callback in self.callbacks:
-            callback(event, info)
+        with self.clock.part("callbacks"):
+            for callback in self.callbacks:
+                callback(event, info)
 
     # -- optimizers --------------------------------------------------------------------------
     def optimizer(self, key: str) -> torch.optim.Optimizer:
@@ -158,9 +177,11 @@ class Trainer(CheckpointMixin):
         """Run the phase's frozen prefix over the test set once (its outputs do not change
         while the phase trains), and with cache_features over the training set too."""
         if phase.frozen_prefix > 0 and not self.end_to_end:  # sequential, multilap
-            self.test_features = self.build_test_cache(phase)
+            with self.clock.part("evaluate"):
+                self.test_features = self.build_test_cache(phase)
             if self.config.cache_features:
-                self.cache = self.build_cache(phase)
+                with self.clock.part("train"):
+                    self.cache = self.build_cache(phase)
 
     def end_phase(self, phase: Phase) -> None:
         """Drop the caches, and the gradients and optimizer state of modules that are done."""
@@ -205,23 +226,6 @@ class Trainer(CheckpointMixin):
             )
         labels = self.train_batches.y.to(self.device)
         return FeatureBatches(torch.cat(features), labels, self.train_batches)
-
-    @torch.inference_mode()  # evaluation only reads these
-    def build_test_cache(self, phase: Phase) -> list[tuple[Tensor, Tensor]] | None:
-        """The frozen prefix's outputs for every test image, or None if they would not fit in
-        half the free memory (each evaluation then runs the prefix again)."""
-        self.model.eval()
-        batches = iter(self.test_batches)
-        cached, need = [], 0
-        budget = free_memory_bytes(self.device) // 2
-        for x, y in batches:
-            features = self.prefix_features(phase, x.contiguous(memory_format=self.memory_format))
-            if not cached:  # size the whole set from the first batch
-                need = features[0].numel() * features.element_size() * len(self.test_batches.y)
-                if need > budget:
-                    return None
-            cached.append((features, y))
-        return cached
 
     # -- one step ----------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -314,7 +318,7 @@ class Trainer(CheckpointMixin):
             for key in keys:
                 self.optimizer(key).state.clear()  # SGD's state is its momentum buffers
         start = time.perf_counter()
-        for i, (x, y) in enumerate(batches):
+        for i, (x, y) in enumerate(self.timed_batches(batches)):
             if self.stop.is_set():
                 raise StopRequested
             lr = self.set_lr(keys, phase, epoch + i / n_batches)
@@ -330,6 +334,19 @@ class Trainer(CheckpointMixin):
         if probe:  # the pass ended before the probe had its steps
             self.report_estimate(phase, epoch, probe.at_pass_end(seen, seconds))
         return totals, seen, seconds, lr
+
+    def timed_batches(self, batches: Any) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches, the wait for each charged to the clock's `data` (host time: on a GPU,
+        what the loop waits for a DataLoader or an augmentation launch)."""
+        iterator = iter(batches)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            self.clock.add("data", time.perf_counter() - t)
+            yield item
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -386,8 +403,9 @@ class Trainer(CheckpointMixin):
 
     def train_epoch(self, phase: Phase, epoch: int) -> list[dict[str, Any]]:
         """Train the phase's modules for one epoch; returns the epoch's metric rows."""
-        totals, seen, seconds, lr = self.train_pass(phase, epoch)
-        broken = self.check_finite(phase, epoch, totals)
+        with self.clock.part("train"):
+            totals, seen, seconds, lr = self.train_pass(phase, epoch)
+            broken = self.check_finite(phase, epoch, totals)
         self.global_epoch += 1
         base = {
             "global_epoch": self.global_epoch,
@@ -413,13 +431,7 @@ class Trainer(CheckpointMixin):
                 "and keeps the records of the epochs before; try a smaller lr (in a new --out)",
                 rows,
             )
-        upto = max(phase.modules) + 1
-        self.refresh_batchnorm(phase)
-        if self.test_features is not None:  # the frozen prefix's outputs, computed once
-            start = phase.frozen_prefix
-            result = evaluate(self.model, self.test_features, upto, self.amp, start=start)
-        else:
-            result = evaluate(self.model, self.test_batches, upto=upto, autocast=self.amp)
+        result = self.evaluate_phase(phase)
         for k in phase.modules:
             i = k - result.first
             self.test_acc[k + 1] = result.per_module_acc[i]
@@ -437,55 +449,6 @@ class Trainer(CheckpointMixin):
             if self.reports(phase, k):
                 self.track_best(k, result.per_module_acc[i], result.per_module_top5[i])
         return rows
-
-    @torch.no_grad()
-    def refresh_batchnorm(self, phase: Phase) -> None:
-        """Precise BN (as pycls): the trained modules' BN statistics, re-estimated exactly.
-
-        Training updates BN's running statistics as an average with momentum 0.1 that starts
-        from mean 0, variance 1: after a few dozen steps it is still far from the features'
-        real statistics, and a module that trains well tests at chance. Here each BN of the
-        phase's modules and heads is reset and fed a fixed tenth of the training set (no
-        augmentation) with a cumulative average. Frozen modules keep theirs; training itself
-        never reads running statistics, so only what evaluation sees changes.
-        """
-        if not self.config.precise_bn:
-            return
-        parts = [p for k in phase.modules for p in (self.model.trunk[k], self.model.heads[k])]
-        norms = [m for p in parts for m in p.modules() if isinstance(m, _BatchNorm)]
-        if not norms:
-            return
-        if self.stats_batches is None:
-            self.stats_batches = statistics_batches(self.data, self.config, self.device)
-        momenta = [bn.momentum for bn in norms]
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None  # a cumulative average over the batches
-        self.model.eval()
-        for part in parts:
-            part.train()  # BN uses (and records) batch statistics
-        with self.autocast():
-            for x, _ in self.stats_batches:
-                x = x.contiguous(memory_format=self.memory_format)
-                for k in range(max(phase.modules) + 1):
-                    x = self.model.trunk[k](x)
-                    if k in phase.modules:
-                        self.model.heads[k](x)
-        for bn, momentum in zip(norms, momenta):
-            bn.momentum = momentum
-
-    # -- TRGL's protocol ---------------------------------------------------------------------
-    def reports(self, phase: Phase, k: int) -> bool:
-        """Whether module k's test accuracy counts for TRGL's best-epoch number: every module
-        of a parallel run (their code takes the best module each epoch), the last module of
-        the last lap otherwise (their sequential code reports its last submodel)."""
-        if len(phase.modules) > 1:
-            return True
-        return k == len(self.model) - 1 and phase.lap == self.phases[-1].lap
-
-    def track_best(self, k: int, acc: float, top5: float) -> None:
-        if self.best is None or acc > self.best["acc"]:
-            self.best = {"acc": acc, "top5": top5, "epoch": self.global_epoch, "module": k + 1}
 
     # -- the whole run -----------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -530,18 +493,8 @@ class Trainer(CheckpointMixin):
                 except Diverged as e:
                     self.run.append_metrics(e.rows)
                     raise
-                self.run.append_metrics(rows)
-                elapsed = self.elapsed()
-                n_rows = len(self.run.read_metrics())
-                if phase.lap == last_lap and epoch + 1 == phase.epochs:
-                    # the modules' checkpoints first: last.pt then skips past them on resume
-                    resume = self.resume_point(index, phase.epochs, n_rows, elapsed)
-                    for k in phase.modules:
-                        self.save_module(k, resume)
-                    summary["modules_finished"] = max(k + 1 for k in phase.modules)
-                self.save(index, epoch + 1, n_rows, elapsed)
-                summary.update(self.progress_summary(elapsed))
-                self.run.write_summary(summary)
+                with self.clock.part("checkpoints"):
+                    self.record_epoch(summary, index, phase, epoch, rows)
                 self.emit(
                     EPOCH_END,
                     {
@@ -562,6 +515,23 @@ class Trainer(CheckpointMixin):
                 )
             self.end_phase(phase)
 
+    def record_epoch(
+        self, summary: dict[str, Any], index: int, phase: Phase, epoch: int, rows: list
+    ) -> None:
+        """The epoch's metrics rows, checkpoints and summary, written atomically."""
+        self.run.append_metrics(rows)
+        elapsed = self.elapsed()
+        n_rows = len(self.run.read_metrics())
+        if phase.lap == self.phases[-1].lap and epoch + 1 == phase.epochs:
+            # the modules' checkpoints first: last.pt then skips past them on resume
+            resume = self.resume_point(index, phase.epochs, n_rows, elapsed)
+            for k in phase.modules:
+                self.save_module(k, resume)
+            summary["modules_finished"] = max(k + 1 for k in phase.modules)
+        self.save(index, epoch + 1, n_rows, elapsed)
+        summary.update(self.progress_summary(elapsed))
+        self.run.write_summary(summary)
+
     def progress_summary(self, elapsed: float) -> dict[str, Any]:
         trained = sorted(self.test_acc)
         last = len(self.model)
@@ -574,38 +544,3 @@ class Trainer(CheckpointMixin):
             "peak_memory_bytes": peak_memory_bytes(self.device),
         }
         return {**out, **self.protocol_numbers(out["final_test_acc"], out["final_test_top5"])}
-
-    def protocol_numbers(self, last_acc: float | None, last_top5: float | None) -> dict[str, Any]:
-        """final_test_acc / top5 as the config's evaluation protocol defines them."""
-        if self.config.eval_protocol != "trgl-best" or self.best is None:
-            return {"final_test_acc": last_acc, "final_test_top5": last_top5}
-        return {
-            "final_test_acc": self.best["acc"],
-            "final_test_top5": self.best["top5"],
-            "best_epoch": self.best["epoch"],
-            "best_module": self.best["module"],
-            "last_epoch_test_acc": last_acc,
-        }
-
-    def final_summary(self) -> dict[str, Any]:
-        """Evaluate every module once more, the layer ensemble and, if asked, the linear probes."""
-        result = evaluate(self.model, self.test_batches, autocast=self.amp)
-        out: dict[str, Any] = {
-            "per_module_test_acc": result.per_module_acc,
-            "per_module_test_top5": result.per_module_top5,
-            "ensemble_test_acc": result.ensemble_acc,
-            **self.protocol_numbers(result.per_module_acc[-1], result.per_module_top5[-1]),
-        }
-        if self.config.probe:
-            plain_train = Batches(
-                self.data.train_x,
-                self.data.train_y,
-                batch_size=512,
-                device=self.device,
-                mean=self.data.mean,
-                std=self.data.std,
-            )
-            out["per_module_probe_acc"] = per_module_probe_accuracy(
-                self.model, plain_train, self.test_batches, self.data.num_classes, self.amp
-            )
-        return out

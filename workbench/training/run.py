@@ -17,6 +17,7 @@ from workbench.models import build_model
 from workbench.records import RunDir, WriteError
 from workbench.training.device import check_speed_options, peak_memory_bytes, resolve_device
 from workbench.training.engine import Trainer
+from workbench.training.timing import Clock
 
 
 def run_experiment(
@@ -33,14 +34,16 @@ def run_experiment(
     Ctrl-C) leaves status 'stopped'; a diverged run or a failed write leaves 'failed', with the
     error, and raises (RunFailed: one line for the user).
     """
+    clock = Clock()
     device = resolve_device(config.device)
     check_speed_options(config)
-    data = load_data(config)
+    with clock.part("data"):
+        data = load_data(config)
     with RunDir.open(config) as run:
         previous = run.read_summary()
         if previous and previous.get("status") == "finished":
             return previous
-        return _train(run, data, device, callbacks, stop)
+        return _train(run, data, device, callbacks, stop, clock)
 
 
 def _train(
@@ -49,11 +52,12 @@ def _train(
     device: torch.device,
     callbacks: Sequence[Callback],
     stop: threading.Event | None,
+    clock: Clock,
 ) -> dict[str, Any]:
     """The body of run_experiment, inside the run folder's lock."""
     config = run.config
     model = build_model(config, data.num_classes).to(device)
-    trainer = Trainer(config, run, model, data, device, callbacks, stop)
+    trainer = Trainer(config, run, model, data, device, callbacks, stop, clock)
     summary: dict[str, Any] = {
         "status": "running",
         "run_dir": str(run.path),
@@ -91,6 +95,8 @@ def _train(
         summary["wall_time_s"] = trainer.elapsed()
         summary["peak_memory_bytes"] = peak_memory_bytes(device)
         summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        summary["eval_batch_size"] = trainer.eval_batch_size
+        summary["time_split_s"] = clock.split()  # this session's, up to the summary's writing
         try:
             run.write_summary(summary)
         except WriteError:

@@ -46,16 +46,23 @@ def module_series(
     return dict(sorted(series.items()))
 
 
+def module_traces(
+    n_modules: int, series: Mapping[int, tuple[list[int], list[float]]] | None = None
+) -> list[go.Scatter]:
+    """One line per module (empty where `series` has none)."""
+    series = series or {}
+    return [
+        go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"module {k}")
+        for k in range(1, max([n_modules, *series]) + 1)
+        for xs, ys in [series.get(k, ([], []))]
+    ]
+
+
 def _per_module_figure(
     rows: Sequence[Mapping[str, Any]], n_modules: int, split: str, key: str
 ) -> go.Figure:
     """One line per module of `key` on `split` against the epoch (empty lines for the rest)."""
-    series = module_series(rows, split, key)
-    fig = go.Figure()
-    for k in range(1, max([n_modules, *series]) + 1):
-        xs, ys = series.get(k, ([], []))
-        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=f"module {k}")
-    return fig
+    return go.Figure(module_traces(n_modules, module_series(rows, split, key)))
 
 
 def accuracy_figure(rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0) -> go.Figure:
@@ -71,13 +78,17 @@ def loss_figure(rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0) -> g
     return _layout(fig, "Training loss of each module", "epoch (all modules, in order)", "loss")
 
 
+def depth_traces(runs: Mapping[str, Sequence[float]] | None = None) -> list[go.Scatter]:
+    """One line per run of test accuracy against module depth."""
+    return [
+        go.Scatter(x=list(range(1, len(accs) + 1)), y=list(accs), mode="lines+markers", name=label)
+        for label, accs in (runs or {}).items()
+    ]
+
+
 def depth_figure(runs: Mapping[str, Sequence[float]] | None = None) -> go.Figure:
     """Final test accuracy against module depth, one line per run: the papers' figure."""
-    fig = go.Figure()
-    for label, accs in (runs or {}).items():
-        fig.add_scatter(
-            x=list(range(1, len(accs) + 1)), y=list(accs), mode="lines+markers", name=label
-        )
+    fig = go.Figure(depth_traces(runs))
     fig.update_xaxes(dtick=1)
     fig.update_yaxes(range=ACC_RANGE)
     return _layout(fig, "Test accuracy against depth", "module", "accuracy")
@@ -165,28 +176,36 @@ def separability_figure(
 
 
 def depth_band_figure(
-    summary: Sequence[Mapping[str, Any]], metric: str = "test_acc", title: str = ""
+    summary: Sequence[Mapping[str, Any]],
+    metric: str = "test_acc",
+    title: str = "",
+    reference: Sequence[Mapping[str, Any]] | None = None,
 ) -> go.Figure:
     """Mean `metric` against module depth, one line per variant, error bars = sd over seeds.
 
     `summary` rows hold variant, module, `<metric>_mean` and `<metric>_sd` (Series.summary()).
+    `reference` rows (a full-scale run's summary) are drawn dashed, named "full scale: ...".
     The y axis fits the data, so differences of a point are visible.
     """
     fig = go.Figure()
     lows, highs = [], []
-    for variant in dict.fromkeys(r["variant"] for r in summary):
-        rows = [r for r in summary if r["variant"] == variant and f"{metric}_mean" in r]
-        means = [r[f"{metric}_mean"] for r in rows]
-        sds = [r.get(f"{metric}_sd", 0.0) for r in rows]
-        lows += [m - s for m, s in zip(means, sds)]
-        highs += [m + s for m, s in zip(means, sds)]
-        fig.add_scatter(
-            x=[r["module"] for r in rows],
-            y=means,
-            error_y=dict(type="data", array=sds, visible=True),
-            mode="lines+markers",
-            name=f"{variant} (n={rows[0].get('seeds', '?')})" if rows else variant,
-        )
+    for rows_of, prefix, dash in ((summary, "", None), (reference or [], "full scale: ", "dash")):
+        for variant in dict.fromkeys(r["variant"] for r in rows_of):
+            rows = [r for r in rows_of if r["variant"] == variant and f"{metric}_mean" in r]
+            if not rows:
+                continue
+            means = [r[f"{metric}_mean"] for r in rows]
+            sds = [r.get(f"{metric}_sd", 0.0) for r in rows]
+            lows += [m - s for m, s in zip(means, sds)]
+            highs += [m + s for m, s in zip(means, sds)]
+            fig.add_scatter(
+                x=[r["module"] for r in rows],
+                y=means,
+                error_y=dict(type="data", array=sds, visible=True),
+                mode="lines+markers",
+                line=dict(dash=dash),
+                name=f"{prefix}{variant} (n={rows[0].get('seeds', '?')})",
+            )
     fig.update_xaxes(dtick=1)
     if lows:
         pad = 0.05 * max(0.05, max(highs) - min(lows))

@@ -1,0 +1,93 @@
+"""Series: variants over seeds, their spread, the verdict on an effect, full-scale overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workbench import Config
+from workbench.batch.series import Series, full_scale_results, run_series, series_figures
+
+
+def rows(variant: str, accs_by_seed: dict[int, list[float]]) -> list[dict]:
+    return [
+        {"variant": variant, "seed": seed, "module": k, "test_acc": acc}
+        for seed, accs in accs_by_seed.items()
+        for k, acc in enumerate(accs, start=1)
+    ]
+
+
+def series_of(*parts: list[dict]) -> Series:
+    results = [r for part in parts for r in part]
+    return Series(results, list(dict.fromkeys(r["variant"] for r in results)))
+
+
+def test_an_effect_holds_only_beyond_the_spread_and_over_three_seeds():
+    wide = series_of(
+        rows("a", {0: [0.5, 0.70], 1: [0.5, 0.71], 2: [0.5, 0.72]}),
+        rows("b", {0: [0.5, 0.60], 1: [0.5, 0.61], 2: [0.5, 0.62]}),
+    )
+    effect = wide.effect("a beats b", "a", "b")
+    assert effect.difference == pytest.approx(0.10)
+    assert effect.spread == pytest.approx((0.01**2 + 0.01**2) ** 0.5)
+    assert effect.holds and "shown" in str(effect) and "not shown" not in str(effect)
+    # the same means with seeds spread by 0.1 each: the difference is within what reseeding moves
+    noisy = series_of(
+        rows("a", {0: [0.5, 0.61], 1: [0.5, 0.71], 2: [0.5, 0.81]}),
+        rows("b", {0: [0.5, 0.51], 1: [0.5, 0.61], 2: [0.5, 0.71]}),
+    )
+    assert not noisy.effect("a beats b", "a", "b").holds
+    # two seeds are never enough, however clear the difference
+    two = series_of(
+        rows("a", {0: [0.5, 0.9], 1: [0.5, 0.9]}), rows("b", {0: [0.5, 0.1], 1: [0.5, 0.1]})
+    )
+    assert "fewer than 3 seeds" in str(two.effect("a beats b", "a", "b"))
+    # depth within one variant: last module against the first
+    assert wide.effect("depth", "a", "a", module=-1, worse_module=1).holds
+
+
+def test_results_csv_reads_back_and_a_full_scale_file_is_drawn_dashed_beside(tmp_path: Path):
+    laptop = series_of(rows("k=1", {s: [0.4, 0.45 + s / 100] for s in range(3)}))
+    laptop.figures = series_figures(laptop)
+    laptop.save(tmp_path / "run", png=False)
+    back = Series.from_csv(tmp_path / "run" / "results.csv")
+    for read, written in zip(back.summary(), laptop.summary(), strict=True):
+        assert read == pytest.approx(written)
+
+    assert full_scale_results("greedy_layerwise", tmp_path / "none") is None
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "greedy_layerwise.csv").write_text(
+        "variant,seed,module,test_acc\nk=1,0,1,0.6\nk=1,0,2,0.88\n"
+    )
+    full = full_scale_results("greedy_layerwise", tmp_path / "full")
+    assert full is not None and full.values("k=1") == [0.88]
+    depth = series_figures(laptop, full)["depth"]
+    names = [t.name for t in depth.data]
+    assert names == ["k=1 (n=3)", "full scale: k=1 (n=1)"]
+    assert depth.data[1].line.dash == "dash" and depth.data[0].line.dash is None
+    assert depth.layout.yaxis.range[1] >= 0.88  # the axis makes room for the full-scale line
+
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a results.csv"):
+        Series.from_csv(tmp_path / "bad.csv")
+
+
+def test_run_series_trains_each_variant_per_seed_and_reuses_finished_runs(tmp_path: Path, capsys):
+    base = Config(n_train=500, n_test=200, epochs=3, width=16, n_modules=2, device="cpu")
+    variants = {"k=1": {"aux_depth": 1}, "k=2": {"aux_depth": 2}}
+    series = run_series(base, variants, tmp_path, seeds=[0, 1])
+    assert {(r["variant"], r["seed"]) for r in series.results} == {
+        (v, s) for v in variants for s in (0, 1)
+    }
+    assert len(series.results) == 2 * 2 * 2  # one row per run and module
+    assert all(r["test_acc"] > 0.4 for r in series.results if r["module"] == 2)  # chance: 0.1
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert len(folders) == 4 and folders[0].startswith("k_1-s0-")
+    capsys.readouterr()
+    again = run_series(base, variants, tmp_path, seeds=[0, 1])
+    assert capsys.readouterr().out.count("(finished before: reused)") == 4
+    assert again.results == series.results
+    # a changed parameter trains new runs in new folders instead of clashing with the old ones
+    run_series(base.replace(epochs=1), {"k=1": {"aux_depth": 1}}, tmp_path, seeds=[0])
+    assert len(list(tmp_path.iterdir())) == 5

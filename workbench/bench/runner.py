@@ -1,0 +1,286 @@
+"""The Bench: flags, device, data and the sections that measure training itself."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workbench.bench.common import (
+    METHODS,
+    SECTIONS,
+    SIZES,
+    WITH_GRAD,
+    median_parts,
+    median_total,
+)
+from workbench.bench.fast_paths import FastPathSections
+from workbench.bench.runs import RunSections
+from workbench.bench.variants import forward_flops, tensor_memory, variant_class
+
+
+class Bench(RunSections, FastPathSections):
+    """One benchmark run: the flags, the device, the data, and the results as they come."""
+
+    def __init__(self, args: argparse.Namespace):
+        # torch and the engine are imported here, so `workbench --help` stays fast
+        import torch
+
+        from workbench.config import Config, ConfigError
+        from workbench.data import load_data
+        from workbench.training.device import check_speed_options, resolve_device
+
+        self.torch = torch
+        sizes = SIZES["quick" if args.quick else "full"]
+        pick = {
+            k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in sizes.items()
+        }
+        self.repeats = max(1, pick["repeats"])
+        if pick["threads"]:
+            torch.set_num_threads(pick["threads"])  # bench_main restores the caller's
+        self.skip = {s.strip() for s in pick["skip"].split(",") if s.strip()}
+        unknown = self.skip - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"skip: got {sorted(unknown)[0]!r}; allowed: {', '.join(SECTIONS)}")
+        try:
+            self.depths = [int(d) for d in pick["depths"].split(",") if d.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"depths: got {pick['depths']!r}; allowed: module counts like 2,4,8,16"
+            ) from None
+        self.memory_modules = args.memory_modules
+        self.peak_tflops = args.peak_tflops
+        self.config = Config.from_dict(
+            {
+                "dataset": args.dataset,
+                "data_dir": args.data_dir,
+                "allow_modified_copy": args.allow_modified_copy,
+                "device": args.device,
+                "arch": args.arch,
+                "width": pick["width"],
+                "n_modules": args.n_modules,
+                "batch_size": args.batch_size,
+                "n_train": pick["n_train"],
+                "n_test": pick["n_test"],
+                "epochs": 1,
+            }
+        )
+        if self.config.dataset_info.streamed:  # its sections time the in-memory batches
+            raise ConfigError(
+                f"dataset: got {args.dataset!r} for bench; allowed: a dataset held in memory "
+                "(mnist-5k, mnist, fashion-mnist, cifar10, cifar100, svhn, stl10)"
+            )
+        self.quick = args.quick
+        self.device = resolve_device(self.config.device)
+        check_speed_options(self.config)
+        self.data = load_data(self.config)
+        self.n = len(self.data.train_y)
+        self.tmp = Path(tempfile.mkdtemp(prefix="workbench-bench-"))
+        self.variant = variant_class()
+        model = self.trainer(self.config).model
+        self.flop_counts = forward_flops(model, self.data.train_x[:1].float().to(self.device))
+
+    def log(self, message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    # -- building and timing ---------------------------------------------------------------
+    def trainer(self, config: Any, data: Any = None) -> Any:
+        """A Trainer on a fresh model (same seed: same initial weights) and the bench's data."""
+        from workbench.models import build_model
+        from workbench.records import RunDir
+
+        model = build_model(config).to(self.device)
+        return self.variant(config, RunDir(self.tmp, config), model, data or self.data, self.device)
+
+    def side_by_side(self, runs: dict[str, Callable[[], list[float]]]) -> dict[str, list]:
+        """Warm every variant up once, then run them in turn `repeats` times: the raw seconds."""
+        for run in runs.values():
+            run()
+        times: dict[str, list] = {name: [] for name in runs}
+        for _ in range(self.repeats):
+            for name, run in runs.items():
+                times[name].append(run())
+        return times
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        torch = self.torch
+        start = time.perf_counter()
+        result: dict[str, Any] = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "quick": self.quick,
+            "device": str(self.device),
+            "device_name": (
+                torch.cuda.get_device_name(self.device)
+                if self.device.type == "cuda"
+                else platform.processor() or platform.machine()
+            ),
+            "torch": torch.__version__,
+            "cpu_threads": torch.get_num_threads(),
+            "load_average_start": list(os.getloadavg()),
+            "repeats": self.repeats,
+            "config": self.config.to_dict(),
+            "data": self.data.provenance,
+            "flops": self.flops(),
+            "peak_tflops": self.peak_tflops,
+        }
+        try:
+            for section in SECTIONS:
+                if section in self.skip:
+                    result[section] = {"skipped": "--skip"}
+                    continue
+                self.log(f"{section} ...")
+                t = time.perf_counter()
+                result[section] = getattr(self, section)()
+                self.log(f"{section} done in {time.perf_counter() - t:.1f} s")
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        result["load_average_end"] = list(os.getloadavg())
+        result["wall_time_s"] = time.perf_counter() - start
+        return result
+
+    def flops(self) -> dict[str, Any]:
+        """Forward FLOPs of one image: each module and head (conv and linear layers)."""
+        trunk, heads = self.flop_counts
+        return {
+            "how": "2 x multiply-adds of every Conv2d and Linear, counted by forward hooks",
+            "per_module": trunk,
+            "per_head": heads,
+            "forward_per_image": sum(trunk) + sum(heads),
+            "train_per_image": 3 * (sum(trunk) + sum(heads)),  # backward: about 2x the forward
+        }
+
+    def tflops(self, seconds: float) -> dict[str, Any]:
+        """Training TFLOP/s of a pass over the data in `seconds`: 3 x forward FLOPs x images/s."""
+        value = self.flops()["train_per_image"] * self.n / seconds / 1e12
+        out: dict[str, Any] = {"train_tflops_per_s": value}
+        if self.peak_tflops:
+            out["fraction_of_peak"] = value / self.peak_tflops
+        return out
+
+    # -- sections ----------------------------------------------------------------------------
+    def methods(self) -> dict[str, Any]:
+        """Each method trains every module for one epoch: seconds, images/s, per module."""
+        trainers = {m: self.trainer(self.config.replace(method=m)) for m in METHODS}
+        reps = self.side_by_side({m: t.epoch_of_all_modules for m, t in trainers.items()})
+        e2e = median_total(reps["end-to-end"])
+        out: dict[str, Any] = {"n_modules": self.config.n_modules, "images": self.n}
+        for m in METHODS:
+            total = median_total(reps[m])
+            if m == "sequential":  # one phase per module: module k's pass, prefix included
+                per_module = [self.n / s for s in median_parts(reps[m])]
+            else:  # one pass trains every module
+                per_module = [self.n / total] * self.config.n_modules
+            out[m] = {
+                "epoch_all_modules_s": total,
+                "images_per_s": self.n / total,
+                "per_module_images_per_s": per_module,
+                "speed_vs_end_to_end": e2e / total,
+                **self.tflops(total),
+            }
+        return out
+
+    def memory(self) -> dict[str, Any]:
+        """Peak memory of two training steps per phase of each method, on a deep network."""
+        config = self.config.replace(n_modules=self.deepest(self.memory_modules))
+        steps = 2 * config.batch_size
+        data = dataclasses.replace(
+            self.data, train_x=self.data.train_x[:steps], train_y=self.data.train_y[:steps]
+        )
+        out: dict[str, Any] = {"n_modules": config.n_modules, "how": self.memory_how()}
+        variants = [(m, m, {}) for m in METHODS]  # (label, method, Variant options)
+        variants.append((WITH_GRAD, "sequential", {"prefix_mode": "grad"}))
+        for label, method, options in variants:
+            trainer = self.trainer(config.replace(method=method), data)
+            trainer.set_options(**options)
+            params = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+            out[label] = {**self.peak_memory(trainer), "parameter_bytes": params}
+            del trainer
+        e2e = out["end-to-end"]["peak_bytes"]
+        out["ratio_to_end_to_end"] = {
+            label: out[label]["peak_bytes"] / e2e for label, *_ in variants if label != "end-to-end"
+        }
+        return out
+
+    def memory_how(self) -> str:
+        if self.device.type == "cuda":
+            return (
+                "CUDA max_memory_allocated, reset before each method; peak_bytes is the peak "
+                "minus what was allocated before its first step (weights, resident data)"
+            )
+        return (
+            "bytes of the tensors allocated during training (a TorchDispatchMode counting new "
+            "output storages until they are freed), peak over the steps; weights and data made "
+            "before the first step are not counted"
+        )
+
+    def peak_memory(self, trainer: Any) -> dict[str, int]:
+        """Peak bytes that training every phase (then releasing it, as fit does) allocates."""
+        torch = self.torch
+
+        def train() -> None:
+            for phase in trainer.phases:
+                trainer.train_pass(phase, 0)
+                trainer.end_phase(phase)
+
+        if self.device.type == "cuda":
+            self.sync()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            train()
+            peak = torch.cuda.max_memory_allocated(self.device)
+            return {"peak_bytes": peak - before, "cuda_max_allocated_bytes": peak}
+        with tensor_memory() as tracked:
+            train()
+        return {"peak_bytes": tracked.peak}
+
+    def deepest(self, wanted: int) -> int:
+        """`wanted` modules, or as many as the architecture has blocks."""
+        from workbench.config import n_units
+
+        if self.config.arch == "greedy-cnn":
+            return wanted
+        return min(wanted, n_units(self.config))
+
+    def depth(self) -> dict[str, Any]:
+        """Sequential (prefix re-run every step) against parallel as the net deepens."""
+        rows: list[dict[str, Any]] = []
+        for d in self.depths:
+            if self.deepest(d) != d:
+                rows.append({"n_modules": d, "skipped": f"{self.config.arch} has fewer blocks"})
+                continue
+            config = self.config.replace(n_modules=d)
+            seq, par = (self.trainer(config.replace(method=m)) for m in METHODS[:2])
+            reps = self.side_by_side(
+                {"seq": seq.epoch_of_all_modules, "par": par.epoch_of_all_modules}
+            )
+            s, p = median_total(reps["seq"]), median_total(reps["par"])
+            rows.append(
+                {
+                    "n_modules": d,
+                    "sequential_s": s,
+                    "parallel_s": p,
+                    "sequential_to_parallel": s / p,
+                }
+            )
+            self.log(f"depth {d}: sequential {s:.2f} s, parallel {p:.2f} s")
+        measured = [r for r in rows if "skipped" not in r]
+        if measured:
+            first = measured[0]
+            for r in measured:
+                r["depth_growth"] = r["n_modules"] / first["n_modules"]
+                r["sequential_growth"] = r["sequential_s"] / first["sequential_s"]
+                r["parallel_growth"] = r["parallel_s"] / first["parallel_s"]
+        return {"unit": "seconds per epoch of all modules", "rows": rows}

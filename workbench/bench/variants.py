@@ -1,0 +1,171 @@
+"""The engine with its fast paths switchable, FLOP counts and CPU tensor memory."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+
+def variant_class() -> type:
+    from workbench.data import Batches
+    from workbench.training.engine import Trainer
+
+    class Variant(Trainer):
+        """A Trainer whose fast paths can be switched off (only here: runs always use them)."""
+
+        prefix_mode = "no_grad"  # "grad": autograd records the prefix; "inference": see below
+        sync_each_step = False  # read the metrics on the host after every step
+
+        def set_options(
+            self,
+            prefix_mode: str = "no_grad",
+            sync_each_step: bool = False,
+            resident=None,
+            memory_format: str | None = None,
+            compile_evaluation: bool = False,
+        ) -> None:
+            import torch
+
+            self.prefix_mode, self.sync_each_step = prefix_mode, sync_each_step
+            if memory_format is not None:  # NHWC or NCHW whatever the device's default
+                self.memory_format = getattr(torch, f"{memory_format}_format")
+                self.model.to(memory_format=self.memory_format)
+            self.eval_model = self.model
+            if compile_evaluation:  # a copy whose modules and heads run compiled
+                import copy
+
+                self.eval_model = copy.deepcopy(self.model)
+                for part in (*self.eval_model.trunk, *self.eval_model.heads):
+                    part.compile()
+            if resident is not None:
+                b = self.train_batches
+                self.train_batches = Batches(
+                    self.data.train_x,
+                    self.data.train_y,
+                    batch_size=b.batch_size,
+                    device=self.device,
+                    mean=self.data.mean,
+                    std=self.data.std,
+                    augment=b.augment,
+                    shuffle=b.shuffle,
+                    seed=b.seed,
+                    resident=resident,
+                )
+
+        def prefix_features(self, phase, x):
+            if self.prefix_mode == "grad":
+                with self.autocast():
+                    for k in range(phase.frozen_prefix):
+                        x = self.frozen[k](x)
+                return x.detach()
+            if self.prefix_mode == "inference":
+                import torch
+
+                with torch.inference_mode():
+                    x = super().prefix_features(phase, x)
+                return x.clone()  # an inference tensor cannot be saved for backward
+            return super().prefix_features(phase, x)
+
+        def step(self, phase, x, y, stats):
+            super().step(phase, x, y, stats)
+            if self.sync_each_step:
+                stats.tolist()
+
+        def evaluate_all(self) -> list[float]:
+            """Seconds of one evaluation of every module and head on the test set."""
+            import time
+
+            from workbench.metrics import evaluate
+
+            start = time.perf_counter()
+            batches = (
+                (x.contiguous(memory_format=self.memory_format), y) for x, y in self.test_batches
+            )
+            evaluate(getattr(self, "eval_model", self.model), batches, autocast=self.amp)
+            self.synchronize()
+            return [time.perf_counter() - start]
+
+        def epoch_of_all_modules(self, only: list[int] | None = None) -> list[float]:
+            """Seconds of one epoch of each phase's (or only some) training steps."""
+            phases = self.phases if only is None else [self.phases[i] for i in only]
+            return [self.train_pass(phase, 0)[2] for phase in phases]
+
+    return Variant
+
+
+def forward_flops(model: Any, x: Any) -> tuple[list[int], list[int]]:
+    """Forward FLOPs (2 x multiply-adds of Conv2d and Linear) per image: modules, then heads."""
+    import torch
+    from torch import nn
+
+    counts: dict[nn.Module, int] = {}
+
+    def hook(m: nn.Module, inputs: Any, out: Any) -> None:
+        per_image = out.numel() // out.shape[0]
+        if isinstance(m, nn.Conv2d):
+            macs = per_image * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            macs = per_image * m.in_features
+        counts[m] = counts.get(m, 0) + 2 * macs
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model.per_module_logits(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def total(part: nn.Module) -> int:
+        return sum(counts.get(m, 0) for m in part.modules())
+
+    return [total(m) for m in model.trunk], [total(h) for h in model.heads]
+
+
+def _tensor_memory_class() -> type:
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class TensorMemoryMode(TorchDispatchMode):
+        """Live and peak bytes of the tensors allocated while active (any device).
+
+        The CPU has no allocator statistics, and ru_maxrss only ever grows in a process, so
+        each op's new output storages are counted until they are freed. Storages an op only
+        returns (in-place ops, views) are not new; tensors made before entry are not counted.
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+            self.seen: set[int] = set()
+
+        def _freed(self, key: int, nbytes: int) -> None:
+            self.seen.discard(key)
+            self.live -= nbytes
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tensors = tree_leaves((args, kwargs))
+            inputs = {id(t.untyped_storage()) for t in tensors if isinstance(t, torch.Tensor)}
+            for t in tree_leaves(out):
+                if not isinstance(t, torch.Tensor):
+                    continue
+                storage = t.untyped_storage()  # one Python object per storage while it lives
+                key = id(storage)
+                if key in inputs or key in self.seen:
+                    continue
+                self.seen.add(key)
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._freed, key, storage.nbytes())
+            return out
+
+    return TensorMemoryMode
+
+
+def tensor_memory() -> Any:
+    """A context manager whose `.peak` is the peak bytes of tensors allocated inside it."""
+    return _tensor_memory_class()()
