@@ -20,6 +20,7 @@ from workbench.metrics import evaluate
 from workbench.models import build_model
 from workbench.records import RunDir
 from workbench.training import Trainer
+from workbench.training.device import memory_format
 
 CPU = torch.device("cpu")
 
@@ -47,7 +48,7 @@ def trained_model(config):
 def test_the_summary_equals_a_full_evaluation_from_scratch(tmp_path, fields):
     config = tiny(tmp_path, n_train=512, n_test=300, **fields)
     summary = run_experiment(config)
-    assert summary["eval_batch_size"] > config.batch_size  # its own, larger test batches
+    assert summary["eval_batch_size"] == config.batch_size  # on the CPU: in-cache batches
     data = load_data(config)
     test = Batches(
         data.test_x,
@@ -57,7 +58,9 @@ def test_the_summary_equals_a_full_evaluation_from_scratch(tmp_path, fields):
         mean=data.mean,
         std=data.std,
     )
-    full = evaluate(trained_model(config), test)
+    layout = memory_format(config, CPU)  # as the run computed, NHWC for plain trunks
+    model = trained_model(config).to(memory_format=layout)
+    full = evaluate(model, ((x.contiguous(memory_format=layout), y) for x, y in test))
     assert summary["per_module_test_acc"] == full.per_module_acc
     assert summary["per_module_test_top5"] == full.per_module_top5
     assert summary["ensemble_test_acc"] == full.ensemble_acc

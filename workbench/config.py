@@ -144,10 +144,10 @@ class Config:
     device: str = "auto"
     # speed (see `workbench bench`); none of these changes what is computed beyond rounding
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on the CPU; or fp32, bf16
-    channels_last: bool = True  # NHWC tensors on CUDA (ignored on the CPU)
+    channels_last: bool = True  # NHWC tensors: on CUDA, and on the CPU for plain trunks
     compile: bool = False  # torch.compile each module and head
     cache_features: bool = False  # sequential without augmentation: run the frozen prefix once
-    eval_batch_size: int = 0  # test images per batch; 0 = automatic: up to 1024, memory permitting
+    eval_batch_size: int = 0  # test images per batch; 0 = auto: batch_size (CPU), up to 1024 (GPU)
     seed: int = 0
     out: str = ""  # run folder; "" = runs/<time>-<arch>-<method>
 

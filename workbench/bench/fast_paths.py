@@ -49,7 +49,7 @@ class FastPathSections:
         out["channels_last"] = self.compare(
             f"parallel, and evaluation; {default}",
             {
-                "NCHW": (par, {"memory_format": "contiguous"}),
+                "NCHW": (par, {"memory_format": "contiguous_format"}),
                 "NHWC": (par, {"memory_format": "channels_last"}),
             },
             evaluation=True,

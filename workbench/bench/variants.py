@@ -28,7 +28,7 @@ def variant_class() -> type:
 
             self.prefix_mode, self.sync_each_step = prefix_mode, sync_each_step
             if memory_format is not None:  # NHWC or NCHW whatever the device's default
-                self.memory_format = getattr(torch, f"{memory_format}_format")
+                self.memory_format = getattr(torch, memory_format)
                 self.model.to(memory_format=self.memory_format)
             self.eval_model = self.model
             if compile_evaluation:  # a copy whose modules and heads run compiled
