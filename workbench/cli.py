@@ -27,7 +27,7 @@ from workbench.events import (
     format_duration,
 )
 from workbench.presets import PRESETS, Preset, preset
-from workbench.records import RunFailed
+from workbench.records import RunFailed, format_results
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,25 +96,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.preset:
         return preset(args.preset, **overrides)
     return Config.from_dict(overrides)
-
-
-def format_results(summary: dict[str, Any]) -> str:
-    """The per-module table printed at the end of a run."""
-    accs = summary.get("per_module_test_acc") or []
-    probes = summary.get("per_module_probe_acc") or []
-    lines = ["module  test acc" + ("  probe acc" if probes else "")]
-    for k, acc in enumerate(accs):
-        line = f"{k + 1:>6}  {acc:8.4f}"
-        if probes:
-            line += f"  {probes[k]:9.4f}"
-        lines.append(line)
-    if summary.get("ensemble_test_acc") is not None:
-        lines.append(f"ensemble {summary['ensemble_test_acc']:8.4f}")
-    lines.append(
-        f"status {summary['status']}, wall time {summary.get('wall_time_s', 0):.1f} s, "
-        f"device {summary.get('device')}, run folder {summary.get('run_dir')}"
-    )
-    return "\n".join(lines)
 
 
 def list_presets() -> str:

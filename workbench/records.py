@@ -406,3 +406,22 @@ def read_metrics(run_path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_results(summary: dict[str, Any]) -> str:
+    """The per-module table printed at the end of a run."""
+    accs = summary.get("per_module_test_acc") or []
+    probes = summary.get("per_module_probe_acc") or []
+    lines = ["module  test acc" + ("  probe acc" if probes else "")]
+    for k, acc in enumerate(accs):
+        line = f"{k + 1:>6}  {acc:8.4f}"
+        if probes:
+            line += f"  {probes[k]:9.4f}"
+        lines.append(line)
+    if summary.get("ensemble_test_acc") is not None:
+        lines.append(f"ensemble {summary['ensemble_test_acc']:8.4f}")
+    lines.append(
+        f"status {summary['status']}, wall time {summary.get('wall_time_s', 0):.1f} s, "
+        f"device {summary.get('device')}, run folder {summary.get('run_dir')}"
+    )
+    return "\n".join(lines)

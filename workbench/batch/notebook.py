@@ -232,7 +232,7 @@ def report_run(summary: Mapping[str, Any], show: bool = True, png: bool = True) 
     (a few kB), interactive in JupyterLab, never the 4 MB plotly.js bundle nor a FigureWidget.
     Returns the files written (HTML always, PNG where kaleido finds a browser).
     """
-    from workbench.cli import format_results
+    from workbench.records import format_results
     from workbench.ui.plots import run_figures, save_figures
 
     print(format_results(dict(summary)))
