@@ -69,6 +69,9 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
         assert _positive(fast[name]["speedup"]), name
         assert _positive(fast[name]["before_images_per_s"]), name
     assert _positive(fast["feature_cache"]["cache_build_s"])
+    pipeline = r["pipeline"]["cpu"]  # 2 worker processes against one process
+    assert pipeline["workers"] == 2 and _positive(pipeline["ratio"])
+    assert _positive(pipeline["pipeline_images_per_s"]) and "skipped" in r["pipeline"]["gpus"]
     assert "skipped" in r["compile"]  # --quick leaves the minutes of compiling out
     assert r["cpu_threads"] == 1  # --quick: one thread, robust on a shared runner
     assert torch.get_num_threads() == threads  # and the process's own are back

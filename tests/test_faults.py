@@ -423,14 +423,14 @@ def test_a_sweep_killed_with_9_takes_its_workers_and_kernels_along(tmp_path):
         [WORKBENCH, "sweep", "g.yaml", "--out", "out", "--workers", "1", "--quiet"],
         cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    point = tmp_path / "out" / "n_modules=1"
+    point = tmp_path / "out" / "n_modules-1"
     processes: dict[int, str] = {}
     try:
         deadline = time.monotonic() + 180
         while not (point / "run" / "metrics.jsonl").exists():  # its kernel is training
             assert sweep.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        processes = family(sweep.pid)  # the worker, its kernel, multiprocessing's tracker
+        processes = family(sweep.pid)  # Dask worker, point process, kernel, mp tracker
         assert len(processes) >= 2
         sweep.kill()
         sweep.wait(timeout=30)
@@ -447,7 +447,7 @@ def test_a_sweep_killed_with_9_takes_its_workers_and_kernels_along(tmp_path):
     record = json.loads((point / "point.json").read_text())
     assert record["status"] == "stopped" and "run the sweep again" in record["error"]
     assert summary(point / "run")["status"] == "stopped"  # the run said so before its kernel died
-    assert not (tmp_path / "out" / "n_modules=2" / "run").exists()  # the queued point never ran
+    assert not (tmp_path / "out" / "n_modules-2" / "run").exists()  # the queued point never ran
 
 
 def test_a_rerun_after_a_dead_sweep_reports_every_point_accurately(tmp_path):
@@ -487,7 +487,7 @@ def test_a_rerun_after_a_dead_sweep_reports_every_point_accurately(tmp_path):
         f"RunFolderError: out: got {str(busy.run_dir)!r}, a folder another run is writing "
         f"(pid {holder.pid} on "
     )
-    assert "point n_modules=3 failed: RunFolderError: out: got " in result.stderr
+    assert "point n_modules-3 failed: RunFolderError: out: got " in result.stderr
 
 
 def test_a_second_sweep_on_a_busy_folder_is_refused(tmp_path):

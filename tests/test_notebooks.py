@@ -15,6 +15,7 @@ import pytest
 
 from workbench.batch.notebook import EXPERIMENT_NOTEBOOK, parameters_cell, parameters_source
 from workbench.config import DEFAULTS, config_fields
+from workbench.ui.plotly_js import PLOTLY_JS
 
 NOTEBOOKS = EXPERIMENT_NOTEBOOK.parent
 OWNED = [
@@ -112,6 +113,9 @@ def test_experiment_notebook_trains_saves_figures_and_stays_small(tmp_path):
     figures = tmp_path / "run" / "figures"
     for stem in ("accuracy", "depth", "loss"):
         assert (figures / f"{stem}.html").stat().st_size > 1000
+    # plotly.js once, beside the run folder (for the runs beside it), not inside it
+    assert [p.name for p in tmp_path.rglob("plotly*.js")] == [PLOTLY_JS]
+    assert (tmp_path / PLOTLY_JS).is_file()
     # the output notebook: figures as small JSON, no widget and no embedded plotly.js
     size = output.stat().st_size
     assert size < 1_000_000, f"output notebook is {size} bytes"
@@ -166,4 +170,66 @@ def test_teaching_notebook_runs_its_variants_with_tiny_parameters(tmp_path, name
     assert (lesson / "separability.html").is_file() == probes
     text = outputs_text(output)
     assert "not shown: fewer than 3 seeds" in text  # the verdicts are printed, honestly
+    assert output.stat().st_size < 1_000_000
+
+
+# -- compare.ipynb -----------------------------------------------------------------------------
+def output_errors(nb_path: Path) -> list[str]:
+    nb = nbformat.read(nb_path, as_version=4)
+    return [
+        f"{out['ename']}: {out['evalue']}"
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+
+
+def test_compare_notebook_as_shipped_without_runs_says_what_to_pass(tmp_path):
+    output = tmp_path / "compare.ipynb"
+    run_papermill(NOTEBOOKS / "compare.ipynb", output, {}, cwd=tmp_path)  # no runs/ here
+    text = outputs_text(output)
+    assert "Nothing to compare: runs: no such folder" in text
+    assert "sweep_dir " in text and "run_dirs " in text and "papermill notebooks/compare" in text
+    assert "nothing to save" in text
+    assert output_errors(output) == [] and "Traceback" not in text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_compare_notebook_over_runs_labels_them_and_draws_epochs_and_depth(tmp_path):
+    from conftest import tiny
+
+    from workbench import run_experiment
+    from workbench.runs import run_labels
+
+    configs = []
+    for name, aux_depth in (("k1", 1), ("k3", 3)):  # also differing in a field labels skip
+        config = tiny(
+            tmp_path,
+            n_modules=2,
+            aux_depth=aux_depth,
+            allow_modified_copy=aux_depth == 3,
+            out=f"{tmp_path}/runs/{name}",
+        )
+        assert run_experiment(config)["status"] == "finished"
+        configs.append(config.to_dict())
+    output = tmp_path / "compare.ipynb"
+    # the default: runs/; no PNGs (kaleido's browser start), the sweep's test writes them
+    run_papermill(NOTEBOOKS / "compare.ipynb", output, {"png": False}, cwd=tmp_path)
+    assert output_errors(output) == []
+    labels = run_labels(configs)
+    assert labels == ["aux_depth=1", "aux_depth=3"]
+    saved = tmp_path / "runs" / "comparison"
+    with open(saved / "comparison.csv") as f:
+        assert [row["label"] for row in csv.DictReader(f)] == labels
+    text = outputs_text(output)
+    for title in (
+        "Test accuracy of the last module per epoch",
+        "Training loss of the last module per epoch",
+        "Test accuracy against depth",
+    ):
+        assert title in text, title
+    for stem in ("accuracy", "loss", "depth"):
+        html = (saved / f"{stem}.html").read_text()
+        assert all(label in html for label in labels), stem
+    assert "allow_modified_copy" not in text  # neither a label nor a column
     assert output.stat().st_size < 1_000_000

@@ -213,7 +213,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:  # before training started (loading data, say)
         print("workbench: interrupted", file=sys.stderr)
         return 130
-    _print(format_results(summary))
+    from workbench.training.distributed import is_follower
+
+    if not is_follower():  # under torchrun, rank 0 alone prints the results
+        _print(format_results(summary))
     return 0 if summary["status"] == "finished" else 1
 
 

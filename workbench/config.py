@@ -123,6 +123,8 @@ class Config:
     # training
     method: str = "sequential"
     laps: int = 2  # multilap only: passes over the modules, epochs/laps epochs each per lap
+    pipeline: bool = False  # parallel: each module trains in its own process or GPU, pipelined
+    replay_buffer: int = 0  # pipeline: DGL's async buffer of M batches per module; 0 = in lockstep
     regularization: str = "none"  # kinetic: TRGL's transport (kinetic-energy) term
     tau: float = 1.0  # kinetic weight is 1/(2 tau): large tau = weak regularization
     varying_tau: bool = False  # the first half of the modules use tau/2
@@ -382,6 +384,17 @@ def _validate_training(c: Config) -> None:
     if c.method == "multilap" and c.laps > c.epochs:
         raise ConfigError(
             f"laps: got {c.laps}; allowed: 1 to epochs ({c.epochs}), so each lap has an epoch"
+        )
+    if c.pipeline and c.method != "parallel":
+        raise ConfigError(
+            f"pipeline: got true with method {c.method!r}; allowed: true only with method "
+            "parallel (its modules train at once), false otherwise"
+        )
+    _at_least("replay_buffer", c.replay_buffer, 0, "0 (in lockstep) or a number of batches")
+    if c.replay_buffer and not c.pipeline:
+        raise ConfigError(
+            f"replay_buffer: got {c.replay_buffer} with pipeline false; allowed: 0, or a number "
+            "of batches with pipeline true"
         )
     _at_least("extra_epochs_per_module", c.extra_epochs_per_module, 0, ">= 0")
     if c.extra_epochs_per_module and c.method not in ("sequential", "multilap"):

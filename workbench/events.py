@@ -1,10 +1,13 @@
 """Training events and the stop flag: the seam between the training loop and its watchers.
 
-The loop calls every callback with `(event, info)` at five moments (EVENTS) and checks a
+The loop calls every callback with `(event, info)` at six moments (EVENTS) and checks a
 `threading.Event` between steps, so a notebook's Stop button or a Ctrl-C ends the run cleanly.
 ESTIMATE comes once per process, after the first steps: `seconds` the rest of the run should
 take, `images_per_s`, `epochs_left`, `device`. A watcher may stop a run that would take longer
 than it should without asking (the CLI and the panel do, above CONFIRM_ABOVE_S).
+PROGRESS comes inside an epoch, after its first step and then every half second or so:
+`step`, `steps`, `epoch`, `global_epoch`, `modules`, `images_per_s` (this epoch's so far),
+`seconds_left`.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from tqdm.auto import tqdm
 
 Callback = Callable[[str, dict[str, Any]], None]
 RUN_START, EPOCH_END, MODULE_DONE, RUN_END = "run_start", "epoch_end", "module_done", "run_end"
-ESTIMATE = "estimate"
-EVENTS = (RUN_START, ESTIMATE, EPOCH_END, MODULE_DONE, RUN_END)
+ESTIMATE, PROGRESS = "estimate", "progress"
+EVENTS = (RUN_START, ESTIMATE, PROGRESS, EPOCH_END, MODULE_DONE, RUN_END)
 CONFIRM_ABOVE_S = 24 * 3600.0  # a run estimated longer than this waits for a confirmation
 
 

@@ -27,6 +27,7 @@ NON_EXPERIMENT_FIELDS = (
     "compile",
     "eval_batch_size",
     "cache_features",
+    "pipeline",
     "probe",
     "seed",
 )

@@ -1,12 +1,18 @@
-"""Run folders side by side: one table row per run, and per-module curves for depth figures.
+"""Run folders side by side: one table row per run, and figures with one line per run.
 
 Used by `workbench sweep` (its results.csv), by notebooks/compare.ipynb and by the teaching
-notebooks. A run folder is any folder holding a `config.json` (see workbench/records.py).
+notebooks. A run folder is any folder holding a `config.json` (see workbench/records.py);
+runs are labelled by workbench.runs.run_labels (the fields that differ between them).
+
+    comparison = compare("runs")          # every run below runs/; or a sweep folder, globs
+    comparison.frame()                    # the table
+    comparison.show("accuracy", "loss")   # per epoch; "depth": accuracy against depth
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,47 +20,50 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.records import atomic_write_bytes
+from workbench.records import atomic_write_bytes, read_metrics
+from workbench.runs import run_labels, varying_fields
 
-# fields that never tell two runs apart for a reader (where the run lives, how fast it went)
-NOT_LABELS = ("out", "data_dir", "device", "precision", "channels_last", "compile")
+DEFAULT_RUNS = "runs"  # where the panel and `workbench run` put runs (records' default `out`)
+FIGURES = ("accuracy", "loss", "depth", "separability")  # what Comparison.show can be asked for
+HOW_TO_POINT = """\
+compare.ipynb compares run folders (folders holding config.json) found at or below:
+  sweep_dir  a folder holding runs: runs/ (the default: where the panel and `workbench run`
+             put runs, relative to the notebook's folder), or a sweep's folder (its --out)
+  run_dirs   run folders or glob patterns, e.g. ["runs/k1", "runs/20261130-*"]
+For example:
+  papermill notebooks/compare.ipynb out.ipynb -p sweep_dir runs/aux-depth
+  papermill notebooks/compare.ipynb out.ipynb -y '{run_dirs: [runs/k1, runs/k3]}'
+From Python: compare("runs/aux-depth"), compare(["runs/k1", "runs/k3"])"""
+
+
+class RunsNotFound(FileNotFoundError):
+    """Nothing to compare where compare() looked; the message is one line naming where."""
 
 
 def find_run_folders(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Every run folder at or below the given paths (a sweep folder, run folders), sorted."""
+    """Every run folder at or below the given paths (folders, run folders, glob patterns), in
+    the order given, each folder's runs sorted. A path that does not exist, or a pattern that
+    matches nothing, raises RunsNotFound."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: list[Path] = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such folder")
-        if (path / "config.json").is_file():
-            found.append(path)
-        else:
-            found += sorted(p.parent for p in path.rglob("config.json"))
+    for given in map(str, paths):
+        matches = sorted(glob.glob(given)) if glob.has_magic(given) else [given]
+        if not matches:
+            raise RunsNotFound(f"{given}: no folder matches this pattern")
+        for path in map(Path, matches):
+            if not path.exists():
+                raise RunsNotFound(f"{path}: no such folder")
+            if (path / "config.json").is_file():
+                found.append(path)
+            elif path.is_dir():
+                found += sorted(p.parent for p in path.rglob("config.json"))
     return list(dict.fromkeys(found))
 
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON file as a dict; {} when it is missing."""
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def varying_fields(configs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The config fields whose values differ between the runs (in Config's order)."""
-    if len(configs) < 2:
-        return []
-    names = list(configs[0])
-    return [
-        name
-        for name in names
-        if name not in NOT_LABELS and len({json.dumps(c.get(name)) for c in configs}) > 1
-    ]
-
-
-def label(values: Mapping[str, Any]) -> str:
-    """'aux_depth=1, downsampling=maxpool': what tells a run apart from the others."""
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or "run"
 
 
 def result_columns(
@@ -84,7 +93,7 @@ def comparison_table(
 ) -> list[dict[str, Any]]:
     """One row per run folder: label, the fields that differ, status and per-module accuracies.
 
-    Labels are the differing fields (`aux_depth=1, downsampling=maxpool`) unless given.
+    Labels are workbench.runs.run_labels' (`aux_depth=1, downsampling=maxpool`) unless given.
     """
     runs = [Path(p) for p in run_dirs]
     if labels is not None and len(labels) != len(runs):
@@ -94,13 +103,10 @@ def comparison_table(
     differing = varying_fields(configs)
     n_modules = max([c.get("n_modules", 0) for c in configs] + [0])
     probes = any(s.get("per_module_probe_acc") for s in summaries)
+    names = list(labels) if labels is not None else run_labels(configs, [str(p) for p in runs])
     rows = []
-    for i, (path, config, summary) in enumerate(zip(runs, configs, summaries)):
-        values = {name: config.get(name) for name in differing}
-        if labels is not None:
-            name = labels[i]
-        else:
-            name = label(values) if differing else path.name
+    for name, path, config, summary in zip(names, runs, configs, summaries):
+        values = {field_name: config.get(field_name) for field_name in differing}
         rows.append(
             {
                 "label": name,
@@ -166,48 +172,107 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
 
 @dataclass
 class Comparison:
-    """Runs side by side: the table, and the per-module figures built from it."""
+    """Runs side by side: the table, and the figures built from it (none when no runs were
+    found: then `problem` says why, and nothing is shown or saved)."""
 
     rows: list[dict[str, Any]]
     figures: dict[str, Any] = field(default_factory=dict)  # plotly figures by file stem
+    save_to: Path = Path("comparison")  # where save() writes when given no folder
+    problem: str = ""
 
     def frame(self) -> Any:
-        """The table as a pandas DataFrame (what a notebook displays)."""
-        return table_frame(self.rows)
+        """The table as a pandas DataFrame (what a notebook displays); None without runs."""
+        return table_frame(self.rows) if self.rows else None
 
-    def show(self) -> None:
-        """Display the figures as figure JSON (plotly_mimetype): small, no widget state."""
-        for fig in self.figures.values():
-            fig.show(renderer="plotly_mimetype")
+    def show(self, *names: str) -> None:
+        """Display the named figures (all when none named; `separability` exists only with
+        probes) as figure JSON (plotly_mimetype): small, no widget state."""
+        unknown = [n for n in names if n not in FIGURES]
+        if unknown:
+            raise ValueError(f"show: no figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
+        for name, fig in self.figures.items():
+            if not names or name in names:
+                fig.show(renderer="plotly_mimetype")
 
-    def save(self, folder: str | Path, png: bool = True) -> list[Path]:
-        """Write comparison.csv and the figures (HTML, PNG where a browser is available)."""
+    def save(
+        self, folder: str | Path | None = None, png: bool = True, report: bool = False
+    ) -> list[Path]:
+        """Write comparison.csv and the figures (HTML, PNG where a browser is available) into
+        `folder` (default `save_to`); with `report`, print what was written."""
         from workbench.ui.plots import save_figures
 
-        folder = Path(folder)
-        write_csv(folder / "comparison.csv", self.rows)
-        return [folder / "comparison.csv", *save_figures(self.figures, folder, png=png)]
+        if not self.rows:
+            written: list[Path] = []
+        else:
+            folder = Path(folder or self.save_to)
+            write_csv(folder / "comparison.csv", self.rows)
+            written = [folder / "comparison.csv", *save_figures(self.figures, folder, png=png)]
+        if report and written:
+            print("written:", *written, sep="\n  ")
+        elif report:
+            print("nothing to save: no runs were found")
+        return written
 
 
 def comparison_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Accuracy against depth, one line per run; with probes, separability against depth too."""
+    """One line per run, a run's colour the same in each: its last module's test accuracy and
+    training loss per epoch (from the run folders' metrics), accuracy against depth (probes
+    dashed); with probes, the aux heads against the probes too."""
+    from workbench.ui.compare_figures import (
+        epoch_accuracy_figure,
+        epoch_loss_figure,
+        legend_below,
+        recolor,
+        run_colors,
+    )
     from workbench.ui.plots import depth_figure, separability_figure
 
-    figures = {"depth": depth_figure(depth_curves(rows))}
+    labels = [str(row.get("label") or row.get("run_dir")) for row in rows]
+    colors = run_colors(labels)
+    metrics = {
+        name: read_metrics(row["run_dir"]) if row.get("run_dir") else []
+        for name, row in zip(labels, rows)
+    }
+    curves = depth_curves(rows)
     probes = depth_curves(rows, prefix="probe_module_")
+    figures = {
+        "accuracy": epoch_accuracy_figure(metrics, colors),
+        "loss": epoch_loss_figure(metrics, colors),
+        "depth": recolor(depth_figure(curves, probes), colors),
+    }
     if probes:
-        figures["separability"] = separability_figure(depth_curves(rows), probes)
+        figures["separability"] = legend_below(recolor(separability_figure(curves, probes), colors))
     return figures
 
 
 def compare(
-    paths: str | Path | Iterable[str | Path], labels: Sequence[str] | None = None
+    paths: str | Path | Iterable[str | Path] = (),
+    labels: Sequence[str] | None = None,
+    explain: bool = False,
 ) -> Comparison:
-    """Collect the run folders at or below `paths` into a table and its figures."""
-    if not isinstance(paths, (str, Path)):
-        paths = [p for p in paths if str(p)]  # a notebook's "" means "not given"
-    runs = find_run_folders(paths)
-    if not runs:
-        raise FileNotFoundError(f"no run folders (holding config.json) in {paths}")
+    """Collect the run folders at or below `paths` into a table and its figures.
+
+    `paths`: folders holding runs (runs/, a sweep folder), run folders or glob patterns; ""
+    entries are ignored (a notebook's "not given"), and nothing given means runs/. When no run
+    is found RunsNotFound is raised (one line); with `explain` that line and what to pass
+    (HOW_TO_POINT) are printed instead, and an empty Comparison comes back.
+    """
+    given = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    given = [str(p) for p in given if str(p)]
+    default = "" if given else f" ({DEFAULT_RUNS}/ is the default when no folder is given)"
+    given = given or [DEFAULT_RUNS]
+    try:
+        runs = find_run_folders(given)
+        if not runs:
+            where = ", ".join(given)
+            raise RunsNotFound(f"no run folders (folders holding config.json) in {where}")
+    except RunsNotFound as error:
+        if not explain:
+            raise
+        print(f"Nothing to compare: {error}{default}\n\n{HOW_TO_POINT}")
+        return Comparison([], problem=f"{error}{default}")
     rows = comparison_table(runs, labels)
-    return Comparison(rows, comparison_figures(rows))
+    first = Path(given[0])
+    holds_runs = first.is_dir() and not (first / "config.json").is_file()
+    save_to = first / "comparison" if holds_runs else Path("comparison")
+    return Comparison(rows, comparison_figures(rows), save_to, "")

@@ -18,14 +18,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from workbench import config as config_module
 from workbench.config import Config, ConfigError, config_fields
+from workbench.field_help import LINE_LENGTH, field_comments, field_help  # noqa: F401 (re-exported)
 
 EXPERIMENT_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "experiment.ipynb"
 
@@ -45,53 +44,6 @@ class ParameterError(ConfigError):
 
     def _render_traceback_(self) -> list[str]:  # IPython's hook for an exception's display
         return [f"{type(self).__name__}: {self}"]
-
-
-def field_comments() -> dict[str, str]:
-    """The trailing comment of each field in Config's source: the fields' one documentation."""
-    comments = {}
-    for line in inspect.getsource(Config).splitlines():
-        match = re.match(r"\s+(\w+): [\w\[\], |]+ = .*?  # (.*)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2).strip()
-    return comments
-
-
-# Help for the fields whose source line carries no comment.
-_MORE_HELP = {
-    "arch": "greedy-cnn, resnet20/32/56/110, resnet18, vgg11 or vgg13",
-    "method": "sequential, parallel (DGL), multilap (TRGL laps) or end-to-end",
-    "batch_size": "training minibatch size",
-    "lr": "SGD learning rate at the start of each module's schedule",
-    "lr_schedule": "per module: constant, step (see lr_step, lr_decay) or cosine",
-    "lr_decay": "step schedule: the factor applied every lr_step epochs",
-    "momentum": "SGD momentum",
-    "weight_decay": "SGD weight decay",
-    "label_smoothing": "cross-entropy label smoothing, from 0 up to (not including) 1",
-    "device": "auto picks the GPU when there is one",
-    "seed": "seed of the initialisation, the data order and the subsets",
-}
-
-
-LINE_LENGTH = 100  # the project's ruff line length: the parameters cell is linted too
-
-
-def field_help(name: str, room: int = LINE_LENGTH) -> str:
-    """One line of help for a Config field, at most `room` characters, safe for papermill.
-
-    papermill skips a parameter line holding more than one '=', so '=' in the source comment is
-    written as ':' here. Choice fields name their allowed values when the line has room.
-    """
-    comment = field_comments().get(name) or _MORE_HELP.get(name, "")
-    comment = re.sub(r"^one of [A-Z_]+;\s*", "", comment)  # the list itself is named below
-    comment = comment.replace(" = ", ": ").replace("=", ":")
-    candidates = [comment]
-    choices = config_module.FIELD_CHOICES.get(name)
-    if choices and not all(c in comment for c in choices):
-        listed = f"one of {', '.join(choices)}"
-        candidates = [f"{listed}; {comment}" if comment else listed, listed, comment]
-    fitting = [c for c in candidates if c and len(c) <= room]
-    return fitting[0] if fitting else (comment or name.replace("_", " "))[:room]
 
 
 def _literal(value: Any) -> str:

@@ -16,6 +16,9 @@ DIR/bench.md the tables; both are written atomically. The sections (any can be -
                 re-estimates, callbacks and checkpoint writes
     callbacks   a run with and without the live plots
     fast_paths  each fast path of the engine, before and after
+    pipeline    parallel's modules in worker processes (pipeline true) against one process
+    ddp         one run in 2 torchrun processes against 1 process (--quick skips it; pick it
+                with --only ddp)
     compile     torch.compile: compile time and steady-state speed (minutes on a CPU)
 """
 
@@ -54,7 +57,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--threads", type=int, help="torch's CPU threads (quick: 1; default: torch's choice)")
     arg("--peak-tflops", type=float, help="the device's peak TFLOP/s, for the fraction of peak")
     arg("--skip", help=f"comma-separated sections to skip: {', '.join(SECTIONS)} "
-        "(default: compile with --quick, none otherwise)")  # fmt: skip
+        "(default: compile,ddp with --quick, none otherwise)")  # fmt: skip
+    arg("--only", help="comma-separated sections to run, and no others (e.g. --only ddp)")
 
 
 def bench_main(args: argparse.Namespace) -> int:

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import statistics
 
-SECTIONS = ("methods", "memory", "depth", "whole_runs", "callbacks", "fast_paths", "compile")
+SECTIONS = (
+    "methods",
+    "memory",
+    "depth",
+    "whole_runs",
+    "callbacks",
+    "fast_paths",
+    "pipeline",
+    "ddp",
+    "compile",
+)
 METHODS = ("sequential", "parallel", "end-to-end")
 WITH_GRAD = "sequential, prefix with grad"  # the memory the frozen prefix's no_grad saves
 SIZES = {  # what --quick and the default measure, unless a flag says otherwise
     # quick: one thread, since two OpenMP threads crawl on a shared, oversubscribed CI runner
     "quick": {"n_train": 256, "n_test": 100, "width": 8, "repeats": 2, "depths": "2,4,8",
-              "threads": 1, "skip": "compile"},
+              "threads": 1, "skip": "compile,ddp"},
     "full": {"n_train": 0, "n_test": 0, "width": 0, "repeats": 5, "depths": "2,4,8,16",
              "threads": 0, "skip": ""},
 }  # fmt: skip

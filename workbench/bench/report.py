@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.bench.common import METHODS, WITH_GRAD
+from workbench.bench.ddp import ddp_markdown
+from workbench.bench.pipeline import pipeline_markdown
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -146,4 +148,8 @@ def to_markdown(r: dict[str, Any]) -> str:
         "## Fast paths (images/s, before and after)",
         _table(["fast path", "measured on", "before", "after", "speedup", "note"], rows),
     ]
+    if "skipped" not in r.get("pipeline", {"skipped": ""}):
+        parts += pipeline_markdown(r["pipeline"])
+    if "skipped" not in r.get("ddp", {"skipped": ""}):
+        parts += ddp_markdown(r["ddp"])
     return "\n\n".join(parts) + "\n"

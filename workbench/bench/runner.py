@@ -22,12 +22,14 @@ from workbench.bench.common import (
     median_parts,
     median_total,
 )
+from workbench.bench.ddp import DDPSections
 from workbench.bench.fast_paths import FastPathSections
+from workbench.bench.pipeline import PipelineSections
 from workbench.bench.runs import RunSections
 from workbench.bench.variants import forward_flops, tensor_memory, variant_class
 
 
-class Bench(RunSections, FastPathSections):
+class Bench(RunSections, FastPathSections, PipelineSections, DDPSections):
     """One benchmark run: the flags, the device, the data, and the results as they come."""
 
     def __init__(self, args: argparse.Namespace):
@@ -47,6 +49,13 @@ class Bench(RunSections, FastPathSections):
         if pick["threads"]:
             torch.set_num_threads(pick["threads"])  # bench_main restores the caller's
         self.skip = {s.strip() for s in pick["skip"].split(",") if s.strip()}
+        only = {s.strip() for s in (getattr(args, "only", None) or "").split(",") if s.strip()}
+        if only - set(SECTIONS):
+            raise ConfigError(
+                f"only: got {sorted(only - set(SECTIONS))[0]!r}; allowed: {', '.join(SECTIONS)}"
+            )
+        if only:  # the sections asked for, and no others
+            self.skip = set(SECTIONS) - only
         unknown = self.skip - set(SECTIONS)
         if unknown:
             raise ConfigError(f"skip: got {sorted(unknown)[0]!r}; allowed: {', '.join(SECTIONS)}")

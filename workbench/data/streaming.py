@@ -154,9 +154,12 @@ def _uint8_batches(
     seed: int,
     workers: int,
     pin: bool,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """uint8 image batches and labels of `files` in `order`, decoded by worker processes."""
-    keys = [(chunk.tolist(), seed) for chunk in order.split(batch_size)]
+    """uint8 image batches and labels of `files` in `order`, decoded by worker processes;
+    with `shard` (rank, ranks) only that rank's slice of each batch (torchrun's processes)."""
+    rank, ranks = shard
+    keys = [(chunk.tensor_split(ranks)[rank].tolist(), seed) for chunk in order.split(batch_size)]
     # batch_size=None: each key is a whole batch, read and stacked inside one worker
     loader = DataLoader(
         _BatchReader(files, transform),
@@ -219,6 +222,7 @@ class StreamedBatches:
         self.files, self.transform = files, transform
         self.batch_size, self.device = batch_size, torch.device(device)
         self.shuffle, self.seed, self.workers, self.epoch = shuffle, seed, workers, 0
+        self.shard = (0, 1)  # (rank, ranks): the slice of each batch read (training/distributed)
         self.y = files.labels  # every label, CPU int64, in dataset order
         # x / 255 normalized is one multiply-add: x * scale + shift, per channel
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -251,6 +255,7 @@ class StreamedBatches:
             seed=seed,
             workers=self.workers,
             pin=self.device.type == "cuda",
+            shard=self.shard,
         )
         for x, y in batches:
             x = x.to(self.device, non_blocking=True)

@@ -36,11 +36,12 @@ from workbench.regularizers import kinetic_weight
 from workbench.training.checkpoints import CheckpointMixin
 from workbench.training.device import (
     autocast_dtype,
+    evaluation_memory_format,
     free_memory_bytes,
     memory_format,
     peak_memory_bytes,
 )
-from workbench.training.estimate import CostModel, SpeedProbe
+from workbench.training.estimate import CostModel, ProgressReporter, SpeedProbe
 from workbench.training.evaluation import EvaluationMixin, auto_eval_batch_size
 from workbench.training.methods import Phase, learning_rate, plan, restarts_momentum
 from workbench.training.timing import Clock
@@ -114,6 +115,7 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         # speed: none of these changes what is computed beyond rounding
         self.amp = autocast_dtype(config, device)
         self.memory_format = memory_format(config, device)
+        self.eval_memory_format = evaluation_memory_format(config, device)
         model.to(memory_format=self.memory_format)
         # compiled callables share the modules' parameters, so state dicts are untouched
         wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
@@ -127,6 +129,7 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         self.finite: Tensor | None = None
         self.step_index = 0
         self.estimated = not self.callbacks  # the time estimate is for watchers: one per run
+        self.cost: CostModel | None = None  # FLOPs per image, for the estimates (lazy)
         self.recovered: str | None = None  # how an unreadable last.pt was replaced, if it was
         # the frozen prefix's outputs on the test set, for the current phase (or None)
         self.test_features: list[tuple[Tensor, Tensor]] | None = None
@@ -314,6 +317,7 @@ class Trainer(EvaluationMixin, CheckpointMixin):
             len(phase.modules), n_batches, dtype=torch.bool, device=self.device
         )
         probe = None if self.estimated else SpeedProbe(self.synchronize)
+        progress = self.progress_reporter(phase, epoch, n_batches) if self.callbacks else None
         if restarts_momentum(self.config, phase.first_epoch + epoch):
             for key in keys:
                 self.optimizer(key).state.clear()  # SGD's state is its momentum buffers
@@ -325,6 +329,8 @@ class Trainer(EvaluationMixin, CheckpointMixin):
             self.step_index = i
             self.step(phase, x, y, stats)
             seen += len(y)
+            if progress:
+                progress.after_step(i, seen)
             speed = probe.after_step(len(y)) if probe else None
             if speed is not None:
                 self.report_estimate(phase, epoch, speed)
@@ -352,15 +358,27 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def cost_model(self) -> CostModel:
+        if self.cost is None:
+            n_train = self.data.provenance.get("n_train")
+            self.cost = CostModel.of(
+                self.config,
+                self.data.num_classes,
+                n_train or len(self.train_batches) * self.config.batch_size,
+                self.data.provenance.get("n_test") or 0,
+            )
+        return self.cost
+
+    def progress_reporter(self, phase: Phase, epoch: int, n_steps: int) -> ProgressReporter:
+        index = self.phases.index(phase)
+        return ProgressReporter(
+            self.emit, self.cost_model(), self.phases, index, epoch, n_steps, self.global_epoch + 1
+        )
+
     def report_estimate(self, phase: Phase, epoch: int, images_per_s: float) -> None:
         """Emit ESTIMATE: the rest of the run at the speed of these first steps."""
         self.estimated = True
-        cost = CostModel.of(
-            self.config,
-            self.data.num_classes,
-            self.data.provenance.get("n_train") or len(self.train_batches) * self.config.batch_size,
-            self.data.provenance.get("n_test") or 0,
-        )
+        cost = self.cost_model()
         index = self.phases.index(phase)
         flops_per_s = images_per_s * cost.train_per_image(phase)
         left = phase.epochs - epoch + sum(p.epochs for p in self.phases[index + 1 :])

@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from workbench.config import Config
+from workbench.events import PROGRESS
 from workbench.training.methods import Phase
 
 PROBE_STEPS = 5  # timed steps after the first...
@@ -111,3 +113,101 @@ class SpeedProbe:
         if self.steps and self.start is not None:
             return self.images / max(time.perf_counter() - self.start, 1e-9)
         return images / max(seconds, 1e-9)
+
+
+PROGRESS_EVERY_S = 0.5  # PROGRESS events at most this often: a widget redraw is ~ms
+
+
+class ProgressReporter:
+    """PROGRESS events inside one epoch: the step, this epoch's images/s so far, and the time
+    left for the whole run at that speed (host time: on a GPU, the steps the host queued)."""
+
+    def __init__(
+        self,
+        emit: Callable[[str, dict[str, Any]], None],
+        cost: CostModel,
+        phases: Sequence[Phase],
+        index: int,
+        epoch: int,
+        n_steps: int,
+        global_epoch: int,
+    ):
+        self.emit, self.cost, self.phases, self.index = emit, cost, phases, index
+        self.epoch, self.n_steps, self.global_epoch = epoch, n_steps, global_epoch
+        self.start = self.last = time.perf_counter()
+        self.first = True
+
+    def after_step(self, step: int, images_seen: int) -> None:
+        """Emit PROGRESS after the first step, then at most every PROGRESS_EVERY_S."""
+        now = time.perf_counter()
+        if not self.first and now - self.last < PROGRESS_EVERY_S:
+            return
+        self.first, self.last = False, now
+        phase = self.phases[self.index]
+        images_per_s = images_seen / max(now - self.start, 1e-9)
+        flops_per_s = images_per_s * self.cost.train_per_image(phase)
+        done = (step + 1) / self.n_steps
+        left = self.cost.remaining(self.phases, self.index, self.epoch + done) / flops_per_s
+        self.emit(
+            PROGRESS,
+            {
+                "step": step + 1,
+                "steps": self.n_steps,
+                "epoch": phase.first_epoch + self.epoch + 1,
+                "global_epoch": self.global_epoch,
+                "modules": [k + 1 for k in phase.modules],
+                "images_per_s": images_per_s,
+                "seconds_left": left,
+            },
+        )
+
+
+# Training and test images of each dataset (their standard splits), for an estimate made
+# before anything is loaded; an image folder's size is unknown until it is scanned.
+DATASET_SIZES = {
+    "mnist-5k": (4000, 1000),
+    "mnist": (60000, 10000),
+    "fashion-mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+    "svhn": (73257, 26032),
+    "stl10": (5000, 8000),
+    "imagenet": (1281167, 50000),
+    "tiny-imagenet": (100000, 10000),
+}
+_DEVICE_FLOPS: dict[str, float] = {}
+
+
+def device_flops_per_s(device: torch.device) -> float:
+    """FLOP/s this device reaches training a 3x3 convolution (64 channels, 32x32, batch 32):
+    timed once per process (a fraction of a second), a stand-in for a whole net's speed."""
+    key = str(device)
+    if key not in _DEVICE_FLOPS:
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(device)
+        x = torch.randn(32, 64, 32, 32, device=device)
+        flops = 3 * 2 * 64 * 64 * 9 * 32 * 32 * 32  # forward and backward of the batch
+        conv(x).sum().backward()  # warm-up
+        reps, start = 0, time.perf_counter()
+        while reps < 3 or time.perf_counter() - start < 0.2:
+            conv(x).sum().backward()
+            reps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        _DEVICE_FLOPS[key] = reps * flops / (time.perf_counter() - start)
+    return _DEVICE_FLOPS[key]
+
+
+def prior_estimate(config: Config, device: torch.device) -> float | None:
+    """Seconds the whole run should take on `device`, before anything is loaded: the config's
+    FLOPs (CostModel) at device_flops_per_s. None for an image folder (size unknown). A guide
+    within a factor of a few: small layers and data loading run slower than one big conv."""
+    from workbench.training.methods import plan
+
+    sizes = DATASET_SIZES.get(config.dataset)
+    if sizes is None:
+        return None
+    n_train = min(config.n_train, sizes[0]) if config.n_train > 0 else sizes[0]
+    n_test = min(config.n_test, sizes[1]) if config.n_test > 0 else sizes[1]
+    num_classes = config.dataset_info.num_classes or 10
+    cost = CostModel.of(config, num_classes, n_train, n_test)
+    return cost.remaining(plan(config), 0, 0) / device_flops_per_s(device)

@@ -11,6 +11,7 @@ larger size (`eval_batch_size`); evaluation runs under inference_mode.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,6 +57,21 @@ class EvaluationMixin:
     test_logits: dict[int, Tensor]
     test_labels: Tensor | None
 
+    @contextlib.contextmanager
+    def evaluation_layout(self) -> Iterator[None]:
+        """The model in evaluation's memory format for the block (see
+        evaluation_memory_format), in training's again after it."""
+        if self.eval_memory_format == self.memory_format:
+            yield
+            return
+        with torch.inference_mode(False):  # parameters made in inference mode cannot train
+            self.model.to(memory_format=self.eval_memory_format)
+        try:
+            yield
+        finally:
+            with torch.inference_mode(False):
+                self.model.to(memory_format=self.memory_format)
+
     @torch.inference_mode()  # evaluation only reads these
     def build_test_cache(self, phase: Phase) -> list[tuple[Tensor, Tensor]] | None:
         """The frozen prefix's outputs for every test image, or None if they would not fit in
@@ -63,13 +79,14 @@ class EvaluationMixin:
         self.model.eval()
         cached, need = [], 0
         budget = free_memory_bytes(self.device) // 2
-        for x, y in self.test_batches:
-            features = self.prefix_features(phase, x.contiguous(memory_format=self.memory_format))
-            if not cached:  # size the whole set from the first batch
-                need = features[0].numel() * features.element_size() * len(self.test_batches.y)
-                if need > budget:
-                    return None
-            cached.append((features, y))
+        with self.evaluation_layout():
+            for x, y in self.formatted(self.test_batches):
+                features = self.prefix_features(phase, x)
+                if not cached:  # size the whole set from the first batch
+                    need = features[0].numel() * features.element_size() * len(self.test_batches.y)
+                    if need > budget:
+                        return None
+                cached.append((features, y))
         return cached
 
     def evaluate_phase(self, phase: Phase) -> Evaluation:
@@ -77,7 +94,7 @@ class EvaluationMixin:
         with self.clock.part("precise_bn"):
             self.refresh_batchnorm(phase)
         upto, prefix = max(phase.modules) + 1, phase.frozen_prefix
-        with self.clock.part("evaluate"):
+        with self.clock.part("evaluate"), self.evaluation_layout():
             if self.test_features is not None:  # the frozen prefix's outputs, computed once
                 batches, start = self.test_features, prefix
             else:
@@ -100,11 +117,12 @@ class EvaluationMixin:
                 return evaluation_of_logits(
                     [self.test_logits[k] for k in range(n)], self.test_labels
                 )
-            return evaluate(self.model, self.formatted(self.test_batches), autocast=self.amp)
+            with self.evaluation_layout():
+                return evaluate(self.model, self.formatted(self.test_batches), autocast=self.amp)
 
     def formatted(self, batches: Any) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches' images in the run's memory format (NHWC where the trunk uses it)."""
-        return ((x.contiguous(memory_format=self.memory_format), y) for x, y in batches)
+        """The test batches' images in evaluation's memory format."""
+        return ((x.contiguous(memory_format=self.eval_memory_format), y) for x, y in batches)
 
     @torch.no_grad()
     def refresh_batchnorm(self, phase: Phase) -> None:

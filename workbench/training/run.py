@@ -16,7 +16,9 @@ from workbench.events import RUN_END, Callback, StopRequested
 from workbench.models import build_model
 from workbench.records import RunDir, WriteError
 from workbench.training.device import check_speed_options, peak_memory_bytes, resolve_device
+from workbench.training.distributed import join, make_trainer, open_run, world_size
 from workbench.training.engine import Trainer
+from workbench.training.pipeline import PipelinedTrainer
 from workbench.training.timing import Clock
 
 
@@ -39,7 +41,9 @@ def run_experiment(
     check_speed_options(config)
     with clock.part("data"):
         data = load_data(config)
-    with RunDir.open(config) as run:
+    # under torchrun: this process's rank joins the others, and rank 0 writes the run folder
+    with join(device) as ranks, open_run(config, ranks) as run:
+        device = ranks.device if ranks else device
         previous = run.read_summary()
         if previous and previous.get("status") == "finished":
             return previous
@@ -57,7 +61,9 @@ def _train(
     """The body of run_experiment, inside the run folder's lock."""
     config = run.config
     model = build_model(config, data.num_classes).to(device)
-    trainer = Trainer(config, run, model, data, device, callbacks, stop, clock)
+    # pipeline: the same Trainer, whose modules train in worker processes (pipeline.py)
+    trainer_class = PipelinedTrainer if config.pipeline else Trainer
+    trainer = make_trainer(trainer_class, config, run, model, data, device, callbacks, stop, clock)
     summary: dict[str, Any] = {
         "status": "running",
         "run_dir": str(run.path),
@@ -68,6 +74,9 @@ def _train(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "data": data.provenance,
         "eval_protocol": config.eval_protocol,
+        "world_size": world_size(),  # torchrun processes training the run
+        "pipeline": config.pipeline,
+        "replay_buffer": config.replay_buffer,
         "test_split": data.provenance.get("test_split"),
         "per_module_test_acc": [],
         "per_module_test_top5": [],

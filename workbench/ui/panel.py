@@ -5,15 +5,20 @@
 
 Training runs in a background thread so the panel stays responsive; Stop sets the run's stop
 flag, which the loop checks between steps, and the run folder is left with status 'stopped'.
-After its first steps a run's estimated time shows under the buttons; a run estimated over a
-day stops there, and pressing Start again (same config) confirms it and resumes it.
+Start on the config of a stopped run (with `out` empty) resumes it in its folder; a changed
+config starts a new run; the panel says which. Before a run starts, a config estimated far too
+big for the device (over WARN_ABOVE_S) waits for a second Start; after its first steps a run's
+estimated time shows under the buttons, and a run estimated over a day stops there until Start
+is pressed again. The runs browser below the plots lists past runs from disk.
 """
 
 from __future__ import annotations
 
+import html
 import threading
 import traceback
 from dataclasses import Field
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -21,9 +26,12 @@ import ipywidgets as widgets
 from workbench import config as cfg
 from workbench.config import Config, ConfigError, config_fields
 from workbench.events import CONFIRM_ABOVE_S, ESTIMATE, RUN_END, describe_estimate, format_duration
+from workbench.field_help import field_help, field_label
 from workbench.presets import PRESETS
-from workbench.records import RunFailed
+from workbench.records import RunFailed, default_out
+from workbench.runs import find_resumable, find_same_config
 from workbench.ui.live import LivePlots
+from workbench.ui.runs_browser import RunsBrowser
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     **cfg.FIELD_CHOICES,
@@ -62,6 +70,8 @@ TABS = {
     ],
     "Training": [
         "method",
+        "pipeline",
+        "replay_buffer",
         "laps",
         "extra_epochs_per_module",
         "regularization",
@@ -85,12 +95,17 @@ TABS = {
 }
 STYLE = {"description_width": "120px"}
 FIELD_WIDTH = "330px"
+WARN_ABOVE_S = 6 * 3600.0  # a config estimated longer than this asks before it starts
 
 
 def field_widget(f: Field, value: Any) -> widgets.ValueWidget:
-    """The input for one Config field; its description is the field's name."""
+    """The input for one Config field: a short label, and the field's help as its tooltip
+    (the same text papermill's parameters cell shows)."""
     common: dict[str, Any] = dict(
-        description=f.name, style=STYLE, layout=widgets.Layout(width=FIELD_WIDTH)
+        description=field_label(f.name),
+        tooltip=f"{f.name}: {field_help(f.name, room=10_000, papermill=False)}",
+        style=STYLE,
+        layout=widgets.Layout(width=FIELD_WIDTH),
     )
     if f.name in CHOICES:
         return widgets.Dropdown(options=CHOICES[f.name], value=value, **common)
@@ -108,12 +123,13 @@ def field_widget(f: Field, value: Any) -> widgets.ValueWidget:
 class WorkbenchPanel:
     """Choose a config with widgets, press Start, watch every module learn; Stop any time."""
 
-    def __init__(self, **initial: Any):
+    def __init__(self, runs_root: str = "runs", **initial: Any):
         config = Config.from_dict(initial)
         self.inputs = {f.name: field_widget(f, getattr(config, f.name)) for f in config_fields()}
         self.preset = widgets.Dropdown(
             options=["(choose a preset)", *PRESETS],
             description="preset",
+            tooltip="a paper's experiment or a teaching setup: sets every field",
             style=STYLE,
             layout=widgets.Layout(width=FIELD_WIDTH),
         )
@@ -131,12 +147,16 @@ class WorkbenchPanel:
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.plots.clear_overlays())
         self.plots = LivePlots(config.n_modules)
+        self.browser = RunsBrowser(self.plots, runs_root)
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
         self.summary: dict[str, Any] | None = None
         self.confirmed: Config | None = None  # a long run the user chose to go on with
         self.asked: Config | None = None  # the long run that stopped to ask
         self.asked_dir = ""  # and its folder
+        self.warned: Config | None = None  # the config whose size warning was shown
+        history = widgets.Accordion([self.browser.widget], selected_index=None)
+        history.set_title(0, "Past runs")
         self.widget = widgets.VBox(
             [
                 self.preset,
@@ -146,6 +166,7 @@ class WorkbenchPanel:
                 ),
                 self.message,
                 self.plots.widget,
+                history,
             ]
         )
 
@@ -194,24 +215,85 @@ class WorkbenchPanel:
     def running(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
+    @property
+    def runs_root(self) -> Path:
+        return Path(self.browser.root.value)
+
     def start(self) -> None:
-        """Validate the form and train in a background thread; errors show in the panel."""
+        """Validate the form, resume or start the run in a background thread; errors, the
+        resume and a size warning show in the panel."""
         if self.running:
             return
         try:
             config = self.config()
         except ConfigError as e:
-            self.message.value = f"<span style='color:#b00'>{e}</span>"
+            self.message.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
             return
-        self.message.value = ""
         if config == self.asked:  # Start again after the question: go on, in the same folder
             config = config if config.out else config.replace(out=self.asked_dir)
             self.confirmed = config
         self.asked = None
+        if not config.out:
+            config, note = self.choose_folder(config)
+            if config is None:
+                self.message.value = note
+                return
+        else:
+            note = f"run folder <code>{html.escape(config.out)}</code>"
+        if not self.size_ok(config):
+            return
+        self.message.value = note
         self.stop_flag = threading.Event()
         self.start_button.disabled, self.stop_button.disabled = True, False
         self.thread = threading.Thread(target=self._train, args=(config,), daemon=True)
         self.thread.start()
+
+    def choose_folder(self, config: Config) -> tuple[Config | None, str]:
+        """(the config with its run folder, what the panel says): a stopped or interrupted run
+        of this config under the runs folder is resumed; a finished one is shown, not rerun
+        (None); otherwise a new folder under the runs folder."""
+        resumable = find_resumable(self.runs_root, config)
+        if resumable is not None:
+            return config.replace(out=str(resumable)), (
+                f"<b>resuming</b> the stopped run of this config in "
+                f"<code>{html.escape(str(resumable))}</code>"
+            )
+        found = find_same_config(self.runs_root, config)
+        finished = [path for path, status in found if status == "finished"]
+        if finished:
+            self.browser.refresh()
+            self.browser.select.value = (str(finished[0]),)
+            self.browser.overlay_selected()
+            return None, (
+                f"this config already <b>finished</b> in <code>{html.escape(str(finished[0]))}"
+                "</code>: shown on the depth plot; change a field (the seed, say) to run again"
+            )
+        out = str(self.runs_root / Path(default_out(config)).name)
+        return config.replace(out=out), f"<b>new run</b> in <code>{html.escape(out)}</code>"
+
+    def size_ok(self, config: Config) -> bool:
+        """False (with a warning) the first time Start is pressed on a config estimated over
+        WARN_ABOVE_S on the device; pressing Start again goes on."""
+        if config == self.warned or config == self.confirmed:
+            return True
+        from workbench.training.device import resolve_device
+        from workbench.training.estimate import prior_estimate
+
+        try:
+            device = resolve_device(config.device)
+            seconds = prior_estimate(config, device)
+        except Exception:  # an estimate is a guide: never refuse a run for it
+            return True
+        if seconds is None or seconds <= WARN_ABOVE_S:
+            return True
+        self.warned = config
+        self.message.value = (
+            f"<span style='color:#b60'>this config would take about <b>{format_duration(seconds)}"
+            f"</b> on {device} (estimated from its FLOPs and this device's speed, within a "
+            "factor of a few); press <b>Start</b> again to run it anyway, or make it smaller "
+            "(n_train, epochs, width)</span>"
+        )
+        return False
 
     def stop(self) -> None:
         """Ask the run to stop; it ends after the current step, its folder marked 'stopped'."""
@@ -222,10 +304,12 @@ class WorkbenchPanel:
         from workbench.training import run_experiment
 
         estimate = [""]
+        opening = self.message.value
 
         def remember(event: str, info: dict[str, Any]) -> None:
             if event == ESTIMATE:
-                estimate[0] = self.message.value = describe_estimate(info)
+                estimate[0] = describe_estimate(info)
+                self.message.value = f"{opening} · {estimate[0]}"
                 if info["seconds"] > CONFIRM_ABOVE_S and config != self.confirmed:
                     self.asked = config
                     self.stop_flag.set()
@@ -234,22 +318,28 @@ class WorkbenchPanel:
             if event == RUN_END and self.keep_runs.value:
                 summary = info["summary"]
                 if summary.get("per_module_test_acc"):
-                    label = f"{summary['run_dir']} ({summary['status']})"
-                    self.plots.keep_on_depth_plot(label, summary["per_module_test_acc"])
+                    self.plots.keep(
+                        summary["run_dir"],
+                        config.to_dict(),
+                        summary["per_module_test_acc"],
+                        summary.get("per_module_probe_acc") or [],
+                    )
 
         try:
             self.summary = run_experiment(
                 config, callbacks=[self.plots, remember], stop=self.stop_flag
             )
-            self.message.value = f"run {self.summary['status']}"
+            self.message.value = f"{opening} · run {self.summary['status']}"
             if self.asked is not None:
                 self.message.value = (
                     f"{estimate[0]}: over {format_duration(CONFIRM_ABOVE_S)}, so it stopped to "
                     "ask; press <b>Start</b> again to go on (it resumes)"
                 )
         except (ConfigError, RunFailed) as e:  # one line: refused, diverged, disk full
-            self.message.value = f"<span style='color:#b00'>{e}</span>"
+            self.message.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
         except Exception:
-            self.message.value = f"<pre style='color:#b00'>{traceback.format_exc()}</pre>"
+            error = html.escape(traceback.format_exc())
+            self.message.value = f"<pre style='color:#b00'>{error}</pre>"
         finally:
             self.start_button.disabled, self.stop_button.disabled = False, True
+            self.browser.refresh()

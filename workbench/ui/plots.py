@@ -7,6 +7,7 @@ notebook (static figures saved as HTML) and the comparison notebook.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,17 @@ import plotly.graph_objects as go
 import plotly.io
 
 from workbench.records import read_metrics
+from workbench.runs import run_labels
 
 ACC_RANGE = [0, 1.02]
+COLORS = plotly.colors.qualitative.Plotly  # the template's own order
+# what one step of the x axis of a per-epoch figure is, per method
+EPOCH_AXIS = {
+    "sequential": "epoch (module after module)",
+    "multilap": "epoch (laps: every module in turn)",
+    "parallel": "epoch (all modules at once)",
+    "end-to-end": "epoch (the whole net)",
+}
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
@@ -31,6 +41,26 @@ def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
         legend=dict(orientation="v"),
     )
     return fig
+
+
+def accuracy_range(values: Iterable[float | None], full: bool = False) -> list[float]:
+    """A y range for accuracies: fitted to the values with a margin (so 0.955 and 0.971 look
+    different), or 0-1 when `full` or when there are none."""
+    present = [v for v in values if v is not None]
+    if full or not present:
+        return list(ACC_RANGE)
+    low, high = min(present), max(present)
+    pad = max(0.01, 0.08 * (high - low))
+    return [max(0.0, low - pad), min(1.02, high + pad)]
+
+
+def integer_ticks(largest: int) -> dict[str, Any]:
+    """x-axis settings for epochs or modules: whole numbers only, about ten ticks at most."""
+    return dict(tick0=1, dtick=max(1, math.ceil(largest / 10)), tickformat="d")
+
+
+def epoch_axis_title(method: str | None) -> str:
+    return EPOCH_AXIS.get(method or "", "epoch")
 
 
 def module_series(
@@ -62,47 +92,76 @@ def _per_module_figure(
     rows: Sequence[Mapping[str, Any]], n_modules: int, split: str, key: str
 ) -> go.Figure:
     """One line per module of `key` on `split` against the epoch (empty lines for the rest)."""
-    return go.Figure(module_traces(n_modules, module_series(rows, split, key)))
+    series = module_series(rows, split, key)
+    fig = go.Figure(module_traces(n_modules, series))
+    last = max((x for xs, _ in series.values() for x in xs), default=1)
+    fig.update_xaxes(**integer_ticks(last))
+    return fig
 
 
-def accuracy_figure(rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0) -> go.Figure:
-    """Each module's test accuracy per epoch: one line per module."""
+def accuracy_figure(
+    rows: Sequence[Mapping[str, Any]] = (),
+    n_modules: int = 0,
+    method: str | None = None,
+    full_range: bool = False,
+) -> go.Figure:
+    """Each module's test accuracy per epoch: one line per module, the y axis fitted."""
     fig = _per_module_figure(rows, n_modules, "test", "acc")
-    fig.update_yaxes(range=ACC_RANGE)
-    return _layout(fig, "Test accuracy of each module", "epoch (all modules, in order)", "accuracy")
+    values = [r["acc"] for r in rows if r.get("split") == "test"]
+    fig.update_yaxes(range=accuracy_range(values, full_range))
+    return _layout(fig, "Test accuracy of each module", epoch_axis_title(method), "accuracy")
 
 
-def loss_figure(rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0) -> go.Figure:
+def loss_figure(
+    rows: Sequence[Mapping[str, Any]] = (), n_modules: int = 0, method: str | None = None
+) -> go.Figure:
     """Each module's training loss per epoch."""
     fig = _per_module_figure(rows, n_modules, "train", "loss")
-    return _layout(fig, "Training loss of each module", "epoch (all modules, in order)", "loss")
+    return _layout(fig, "Training loss of each module", epoch_axis_title(method), "loss")
 
 
-def depth_traces(runs: Mapping[str, Sequence[float]] | None = None) -> list[go.Scatter]:
-    """One line per run of test accuracy against module depth."""
-    return [
-        go.Scatter(x=list(range(1, len(accs) + 1)), y=list(accs), mode="lines+markers", name=label)
-        for label, accs in (runs or {}).items()
-    ]
+def depth_traces(
+    runs: Mapping[str, Sequence[float]] | None = None,
+    probes: Mapping[str, Sequence[float]] | None = None,
+    colors: Mapping[str, str] | None = None,
+) -> list[go.Scatter]:
+    """One line per run of test accuracy against module depth; a run's linear probes (if
+    any) dashed in the same colour, named '<run>: probe'."""
+    traces = []
+    probes, colors = probes or {}, colors or {}
+    for i, (label, accs) in enumerate((runs or {}).items()):
+        color = colors.get(label, COLORS[i % len(COLORS)])
+        xs = list(range(1, len(accs) + 1))
+        line = dict(color=color)
+        traces.append(go.Scatter(x=xs, y=list(accs), mode="lines+markers", name=label, line=line))
+        if probes.get(label):
+            ys = list(probes[label])
+            traces.append(
+                go.Scatter(
+                    x=list(range(1, len(ys) + 1)),
+                    y=ys,
+                    mode="lines+markers",
+                    name=f"{label}: probe",
+                    line=dict(color=color, dash="dash"),
+                )
+            )
+    return traces
 
 
-def depth_figure(runs: Mapping[str, Sequence[float]] | None = None) -> go.Figure:
+def depth_figure(
+    runs: Mapping[str, Sequence[float]] | None = None,
+    probes: Mapping[str, Sequence[float]] | None = None,
+    full_range: bool = False,
+) -> go.Figure:
     """Final test accuracy against module depth, one line per run: the papers' figure."""
-    fig = go.Figure(depth_traces(runs))
-    fig.update_xaxes(dtick=1)
-    fig.update_yaxes(range=ACC_RANGE)
-    return _layout(fig, "Test accuracy against depth", "module", "accuracy")
-
-
-def run_label(run_dir: str | Path) -> str:
-    """A short name for a run: its folder name and the fields that usually tell runs apart."""
-    path = Path(run_dir)
-    config_path = path / "config.json"
-    if not config_path.exists():
-        return path.name
-    c = json.loads(config_path.read_text())
-    reg = f", kinetic tau={c['tau']:g}" if c.get("regularization") == "kinetic" else ""
-    return f"{path.name}: {c['arch']} {c['method']} k={c['aux_depth']} {c['downsampling']}{reg}"
+    fig = go.Figure(depth_traces(runs, probes))
+    fig.update_xaxes(**integer_ticks(max([len(a) for a in (runs or {}).values()] + [1])))
+    values = [v for curves in (runs or {}, probes or {}) for a in curves.values() for v in a]
+    fig.update_yaxes(range=accuracy_range(values, full_range))
+    _layout(fig, "Test accuracy against depth", "module", "accuracy")
+    # the legend below the plot: run labels can be long, and beside it they squeeze the plot
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22), height=400)
+    return fig
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -117,26 +176,36 @@ def run_figures(run_dir: str | Path) -> dict[str, go.Figure]:
     """The three figures of one run folder, by file stem."""
     summary, rows = load_run(run_dir)
     n = summary.get("n_modules", 0)
+    config_path = Path(run_dir) / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    name = run_labels([config])[0] if config else Path(run_dir).name
+    probes = {name: summary["per_module_probe_acc"]} if summary.get("per_module_probe_acc") else {}
+    method = config.get("method")
     return {
-        "accuracy": accuracy_figure(rows, n),
-        "depth": depth_figure({run_label(run_dir): summary.get("per_module_test_acc", [])}),
-        "loss": loss_figure(rows, n),
+        "accuracy": accuracy_figure(rows, n, method),
+        "depth": depth_figure({name: summary.get("per_module_test_acc", [])}, probes),
+        "loss": loss_figure(rows, n, method),
     }
 
 
 def save_figures(
     figures: Mapping[str, go.Figure], folder: str | Path, png: bool = True
 ) -> list[Path]:
-    """Write each figure as self-contained HTML, and as PNG where a browser can render it.
+    """Write each figure as HTML, and as PNG where a browser can render it.
 
+    The HTML loads one shared plotly-<version>.min.js by a relative path (workbench.ui.plotly_js:
+    the nearest one above, or one written into the folder holding the runs), not 4.8 MB each.
     PNG export (kaleido) needs a Chromium on the machine; without one the HTML is still written.
     """
+    from workbench.ui.plotly_js import plotly_js_src
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
+    src = plotly_js_src(folder) if figures else ""
     for name, fig in figures.items():
         html = folder / f"{name}.html"
-        fig.write_html(html, include_plotlyjs="directory")  # one plotly.min.js beside them
+        fig.write_html(html, include_plotlyjs=src)  # a <script src> to the shared copy
         written.append(html)
     if png and figures:
         pngs = [folder / f"{name}.png" for name in figures]

@@ -1,0 +1,223 @@
+"""Run folders as a researcher sees them: labels that tell runs apart, the runs under a root,
+and the unfinished run a config would resume.
+
+One home for what the panel's runs browser and overlays, notebooks/compare.ipynb and the
+comparison tables show, so a run carries the same label everywhere:
+
+    labels = run_labels([config_a, config_b])   # ['aux_depth=1', 'aux_depth=3']
+    rows = list_runs("runs")                    # newest first: status, label, accuracies
+    path = find_resumable("runs", config)       # a stopped run of this config, or None
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from workbench.config import Config
+from workbench.records import LOCK_FILE, RESUMABLE_DIFFERENCES, RunFolderError
+
+# fields that never tell two runs apart for a reader: where the run lives, how fast it went,
+# how its data was read
+NOT_LABELS = (
+    "out",
+    "data_dir",
+    "device",
+    "precision",
+    "channels_last",
+    "compile",
+    "eval_batch_size",
+    "data_workers",
+    "allow_modified_copy",
+)
+# the fields a reader looks for first, so a label cut short keeps them
+FIRST_IN_LABELS = (
+    "method",
+    "aux_depth",
+    "arch",
+    "regularization",
+    "tau",
+    "downsampling",
+    "n_modules",
+    "aux_type",
+    "dataset",
+    "seed",
+)
+LABEL_FIELDS = 3  # at most this many fields in a label; the rest is counted ("+2")
+SHORT_VALUES = {True: "on", False: "off"}
+
+
+def varying_fields(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The config fields whose values differ between the runs: the ones readers look for
+    first (FIRST_IN_LABELS), then the others in Config's order."""
+    if len(configs) < 2:
+        return []
+    names = list(dict.fromkeys(name for c in configs for name in c))
+    differ = [
+        n
+        for n in names
+        if n not in NOT_LABELS and len({json.dumps(c.get(n), sort_keys=True) for c in configs}) > 1
+    ]
+    return sorted(differ, key=lambda n: FIRST_IN_LABELS.index(n) if n in FIRST_IN_LABELS else 99)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return SHORT_VALUES[value]
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def label(values: Mapping[str, Any], limit: int = LABEL_FIELDS) -> str:
+    """'aux_depth=1, method=parallel': the first `limit` fields, then how many more differ."""
+    items = [f"{k}={_value(v)}" for k, v in values.items()]
+    text = ", ".join(items[:limit]) or "run"
+    return text + (f" +{len(items) - limit}" if len(items) > limit else "")
+
+
+def run_labels(
+    configs: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None
+) -> list[str]:
+    """Each run's label: the fields that differ between the runs, at most LABEL_FIELDS of them.
+
+    A lone run is labelled by its architecture and method. Runs that would share a label (a
+    rerun of one config, or fields cut off) get the shortest end of their folder paths that
+    tells them apart, so every label is unique; `names` are those folder paths (default: run 1,
+    run 2, ...).
+    """
+    if not configs:
+        return []
+    names = list(names) if names is not None else [f"run {i + 1}" for i in range(len(configs))]
+    differ = varying_fields(configs)
+    if differ:
+        labels = [label({n: c.get(n) for n in differ}) for c in configs]
+    else:
+        labels = [f"{c.get('arch', 'run')} {c.get('method', '')}".strip() for c in configs]
+    tied: dict[str, list[str]] = {}
+    for text, name in zip(labels, names):
+        tied.setdefault(text, []).append(name)
+    return [
+        f"{text} ({_distinct_tail(name, tied[text])})" if len(tied[text]) > 1 else text
+        for text, name in zip(labels, names)
+    ]
+
+
+def _distinct_tail(name: str, others: Sequence[str]) -> str:
+    """The shortest end of a folder path that no other path in `others` ends with: 'k1' for
+    runs/k1, 'p1/run' for a sweep point's sweep/p1/run."""
+    parts = Path(name).parts
+    for n in range(1, len(parts) + 1):
+        tail = parts[-n:]
+        if sum(Path(o).parts[-n:] == tail for o in others) == 1:
+            return "/".join(tail)
+    return name
+
+
+# -- the runs under a root -------------------------------------------------------------------
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):  # a half-written or foreign file: shown as unreadable
+        return {}
+
+
+def run_folders(root: str | Path) -> list[Path]:
+    """Every run folder (one holding config.json) at or below root, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [root] if (root / "config.json").is_file() else []
+    found += [p.parent for p in root.rglob("config.json") if p.parent != root]
+    return sorted(set(found), key=lambda p: (p / "config.json").stat().st_mtime, reverse=True)
+
+
+def run_status(path: Path, summary: Mapping[str, Any] | None = None) -> str:
+    """finished, stopped, failed, running (its lock is held), or interrupted (killed)."""
+    summary = _read(path / "summary.json") if summary is None else summary
+    status = summary.get("status")
+    if status in ("finished", "stopped", "failed"):
+        return str(status)
+    return "running" if is_locked(path) else "interrupted"
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a run (in any process) holds the folder's lock now."""
+    try:  # a shared lock is refused while a run holds its exclusive one; nothing is written
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file: no run ever held it
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def list_runs(root: str | Path) -> list[dict[str, Any]]:
+    """One row per run folder under root, newest first: run_dir, label, status, final and
+    per-module test accuracy, wall time, device, epochs done; labels from run_labels."""
+    paths = run_folders(root)
+    configs = [_read(p / "config.json") for p in paths]
+    summaries = [_read(p / "summary.json") for p in paths]
+    labels = run_labels(configs, [str(p) for p in paths])
+    rows = []
+    for path, config, summary, text in zip(paths, configs, summaries, labels):
+        rows.append(
+            {
+                "run_dir": str(path),
+                "label": text,
+                "status": run_status(path, summary),
+                "final_test_acc": summary.get("final_test_acc"),
+                "per_module_test_acc": list(summary.get("per_module_test_acc") or []),
+                "per_module_probe_acc": list(summary.get("per_module_probe_acc") or []),
+                "wall_time_s": summary.get("wall_time_s"),
+                "device": summary.get("device"),
+                "epochs_done": summary.get("epochs_done"),
+                "method": config.get("method"),
+                "n_modules": config.get("n_modules"),
+            }
+        )
+    return rows
+
+
+def same_config(saved: Mapping[str, Any], config: Config) -> bool:
+    """Whether a saved config.json is this config (up to fields a resume may change)."""
+    wanted = config.to_dict()
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in RESUMABLE_DIFFERENCES)
+
+
+def find_same_config(root: str | Path, config: Config) -> list[tuple[Path, str]]:
+    """(folder, status) of every run of this config under root, newest first."""
+    found = []
+    for path in run_folders(root):
+        saved = _read(path / "config.json")
+        if saved and same_config(saved, config):
+            found.append((path, run_status(path)))
+    return found
+
+
+def find_resumable(root: str | Path, config: Config) -> Path | None:
+    """The newest stopped or interrupted run of this config under root (what Start resumes)."""
+    for path, status in find_same_config(root, config):
+        if status in ("stopped", "interrupted"):
+            return path
+    return None
+
+
+def delete_run(path: str | Path) -> None:
+    """Delete a run folder; refused (RunFolderError) for a folder without config.json or one
+    whose run is in progress."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RunFolderError(f"delete: {str(path)!r} is not a run folder (no config.json)")
+    if is_locked(path):
+        raise RunFolderError(f"delete: {str(path)!r} is in use by a running run; stop it first")
+    shutil.rmtree(path)

@@ -1,0 +1,399 @@
+"""One run across processes or machines: torchrun's processes train one model data-parallel.
+
+    torchrun --nproc-per-node 2 -m workbench run --method parallel ...
+
+Under torchrun (its environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) every
+process joins one process group, NCCL on GPUs (rank r on cuda:LOCAL_RANK) and gloo on the CPU,
+and trains the same model from the same seed:
+
+- data: each rank draws every global batch of `batch_size` exactly as a single process would
+  (same order, same augmentation) and trains on its own slice of it (tensor_split by rank),
+  so an epoch has a single process's steps; a streamed dataset's workers read only the rank's
+  slice of each batch's files.
+- each trained module and its head are wrapped in DistributedDataParallel; the ranks'
+  gradients are summed weighted by their slices' sizes, which is the global batch's mean
+  gradient. The frozen prefix is not wrapped: it has no gradients to exchange. BatchNorm
+  normalizes with each rank's own slice, as DDP does without SyncBatchNorm.
+- rank 0 writes the run folder; the other ranks' RunDir writes nothing, and they print no
+  progress. summary.json records `world_size` (1 for a plain run). Training losses and
+  accuracies are summed over the ranks; evaluation runs on every rank over the whole test
+  set with the same weights (so no rank waits on another), and rank 0 records it.
+- stop: at every step the ranks all-reduce their stop flags, so a stop on any rank (the time
+  estimate's gate, a SIGINT or SIGTERM, which torchrun forwards to every rank) ends them all
+  at the same step, status 'stopped'.
+- resume: rank 0 loads the checkpoint and broadcasts the state it restored to the others, so
+  their machines need not see the run folder.
+
+A plain `workbench run` (no torchrun environment) never touches torch.distributed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from workbench.config import Config, ConfigError
+from workbench.events import Callback
+from workbench.records import RunDir, RunFolderError
+from workbench.training.engine import Trainer
+from workbench.training.methods import Phase
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # torchrun sets them for each process
+# DDP's flag for syncing buffers before each forward: newer torch renamed broadcast_buffers
+_DDP_FLAGS = inspect.signature(DistributedDataParallel.__init__).parameters
+BUFFER_SYNC = next(f for f in ("forward_sync_buffers", "broadcast_buffers") if f in _DDP_FLAGS)
+
+
+@dataclass
+class Ranks:
+    """This process's place among torchrun's processes, and the groups they talk through."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str  # nccl or gloo: the gradients' group
+    host_group: Any  # a gloo group for host-side numbers: stop flags, epoch totals, state
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (picklable; tensors in it on the CPU)."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.host_group)
+        return box[0]
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """The element-wise sum of `values` over the ranks."""
+        total = torch.tensor(list(values), dtype=torch.float64)
+        dist.all_reduce(total, group=self.host_group)
+        return total.tolist()
+
+
+_SESSION: Ranks | None = None  # set while run_experiment runs under torchrun
+_SIGNALLED = threading.Event()  # a SIGINT or SIGTERM arrived: stop at the next step
+
+
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun (or another launcher with its variables)."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def is_follower() -> bool:
+    """A torchrun process other than rank 0: it writes and prints nothing of the run."""
+    return under_torchrun() and int(os.environ["RANK"]) != 0
+
+
+def world_size() -> int:
+    """The processes training the current run: torchrun's WORLD_SIZE, 1 for a plain run."""
+    return _SESSION.world_size if _SESSION is not None else 1
+
+
+@contextlib.contextmanager
+def join(device: torch.device) -> Iterator[Ranks | None]:
+    """Join torchrun's process group for one run; yields None (and does nothing) without it.
+
+    The group is left at the end unless it was there before (a script that made its own).
+    SIGINT and SIGTERM stop the run at the next step instead of interrupting a collective
+    (a second signal interrupts).
+    """
+    global _SESSION
+    if not under_torchrun():
+        yield None
+        return
+    owned = not dist.is_initialized()
+    ranks = _init(device)
+    handlers = _catch_stop_signals()
+    _SESSION = ranks
+    try:
+        yield ranks
+    finally:
+        _SESSION = None
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if owned:
+            dist.destroy_process_group()
+
+
+def _init(device: torch.device) -> Ranks:
+    rank, world, local = (int(os.environ[name]) for name in TORCHRUN_VARIABLES)
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if local >= count:
+            raise ConfigError(
+                f"device: got cuda for local rank {local}, but {count} GPU(s) are visible on "
+                f"this machine; allowed: torchrun --nproc-per-node {count} or fewer, or "
+                "--device cpu"
+            )
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    host = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    return Ranks(rank, world, local, device, backend, host)
+
+
+def _catch_stop_signals() -> dict[int, Any]:
+    """SIGINT and SIGTERM set the stop flag; returns the handlers they replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signals reach the main thread only; a run in a thread keeps its owner's
+    _SIGNALLED.clear()
+
+    def stop_at_next_step(signum: int, frame: Any) -> None:
+        if _SIGNALLED.is_set():
+            raise KeyboardInterrupt  # the second signal: no more waiting for a step's end
+        _SIGNALLED.set()
+
+    return {s: signal.signal(s, stop_at_next_step) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+class RankStop:
+    """The ranks' shared stop flag: `is_set` is true on every rank once any rank's own flag is
+    set (or a signal came). Every rank calls it at the same step: it is a collective."""
+
+    def __init__(self, local: threading.Event, ranks: Ranks):
+        self.local, self.ranks = local, ranks
+
+    def set(self) -> None:
+        self.local.set()
+
+    def is_set(self) -> bool:
+        flag = torch.tensor([int(self.local.is_set() or _SIGNALLED.is_set())], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ranks.host_group)
+        return bool(flag.item())
+
+
+# -- the run folder ------------------------------------------------------------------------------
+class FollowerRun(RunDir):
+    """Rank 0's run folder as another rank holds it: rank 0's config and folder path, no lock,
+    writes that do nothing, and rank 0's reading of the summary (its machine may not see it)."""
+
+    def __init__(self, path: Path, config: Config, summary: dict[str, Any] | None):
+        super().__init__(path, config)
+        self.summary = summary
+
+    def read_summary(self) -> dict[str, Any] | None:
+        return self.summary
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return []
+
+    def _write(self, path: Path, data: Any) -> None:
+        return None  # rank 0 writes the folder
+
+
+@contextlib.contextmanager
+def open_run(config: Config, ranks: Ranks | None) -> Iterator[RunDir]:
+    """The run folder: RunDir.open in a plain run and on rank 0, which tells the other ranks
+    its config (with the folder it chose) or the error that refused it."""
+    if ranks is None or ranks.rank == 0:
+        try:
+            run = RunDir.open(config)
+        except ConfigError as e:
+            if ranks is not None:
+                ranks.broadcast({"error": str(e)})
+            raise
+        if ranks is not None:
+            ranks.broadcast({"config": run.config.to_dict(), "summary": run.read_summary()})
+        with run:
+            yield run
+        return
+    told = ranks.broadcast(None)
+    if "error" in told:
+        raise RunFolderError(told["error"])
+    shared = Config.from_dict(told["config"])
+    yield FollowerRun(Path(shared.out), shared, told["summary"])
+
+
+def make_trainer(
+    trainer_class: type[Trainer],
+    config: Config,
+    run: RunDir,
+    model: nn.Module,
+    data: Any,
+    device: torch.device,
+    callbacks: Sequence[Callback],
+    stop: threading.Event | None,
+    clock: Any,
+) -> Trainer:
+    """The run's trainer: `trainer_class` in a plain run; under torchrun a DistributedTrainer,
+    without watchers on ranks other than 0 (the pipelined trainer is refused there)."""
+    ranks = _SESSION
+    if ranks is None:
+        return trainer_class(config, run, model, data, device, callbacks, stop, clock)
+    if trainer_class is not Trainer:
+        raise ConfigError(
+            f"pipeline: got true under torchrun ({ranks.world_size} processes); allowed: "
+            "pipeline false under torchrun, or a plain `workbench run` for the pipeline"
+        )
+    watchers = callbacks if ranks.rank == 0 else ()
+    return DistributedTrainer(ranks, config, run, model, data, device, watchers, stop, clock)
+
+
+# -- training ------------------------------------------------------------------------------------
+class KineticForward(nn.Module):
+    """A trunk module whose forward is `forward_with_kinetic`, for DDP to call."""
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.trunk.forward_with_kinetic(x)
+
+
+class SliceShare:
+    """This rank's slice of the current global batch, as a fraction of it: the weight its
+    (slice-mean) gradients carry into the sum over ranks."""
+
+    value = 0.0
+
+
+def weighted_sum_hook(share, bucket):  # type: ignore[no-untyped-def]
+    """DDP's all-reduce with each rank's gradients weighted by its share of the batch: the sum
+    is the global batch's mean gradient even when the slices differ in size (DDP's own mean
+    weighs every rank alike). A SliceShare and a dist.GradBucket in, a Future of the bucket
+    out; unannotated, since DDP compares annotations with the types and these would be text."""
+    grads = bucket.buffer()
+    grads.mul_(share.value)
+    return dist.all_reduce(grads, async_op=True).get_future().then(lambda f: f.value()[0])
+
+
+class DistributedTrainer(Trainer):
+    """The Trainer of one rank: DDP-wrapped trained modules and heads, its slice of each batch,
+    epoch totals summed over the ranks, a shared stop flag, and resume from rank 0's state."""
+
+    def __init__(self, ranks: Ranks, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.ranks = ranks
+        self.check_batches()
+        self.share = SliceShare()
+        wrap: Callable[[Any], Any] = torch.compile if self.config.compile else (lambda f: f)
+        self.trained = [wrap(self.data_parallel(KineticForward(m))) for m in self.model.trunk]
+        self.heads = [wrap(self.data_parallel(h)) for h in self.model.heads]
+        self.stop = RankStop(self.stop, ranks)
+        if hasattr(self.train_batches, "shard"):  # streamed: workers read this rank's slices
+            self.train_batches.shard = (ranks.rank, ranks.world_size)
+        self.rank_images: list[int] = []  # each rank's images in the latest training pass
+
+    def data_parallel(self, module: nn.Module) -> nn.Module:
+        if not any(p.requires_grad for p in module.parameters()):
+            return module  # nothing to all-reduce (DDP refuses such a module)
+        cuda = self.device.type == "cuda"
+        # no buffer broadcast before each forward: BN statistics are re-estimated alike on
+        # every rank by precise BN (the parameters and buffers are synced once, at the start)
+        no_buffer_sync = {BUFFER_SYNC: False}
+        ddp = DistributedDataParallel(
+            module, device_ids=[self.device] if cuda else None, **no_buffer_sync
+        )
+        ddp.register_comm_hook(self.share, weighted_sum_hook)
+        return ddp
+
+    def check_batches(self) -> None:
+        """Refuse, before training, a batch with fewer images than ranks (a rank would have
+        none, and its loss no mean)."""
+        n, size, ranks = len(self.train_batches.y), self.config.batch_size, self.ranks.world_size
+        last = n - (len(self.train_batches) - 1) * size
+        if min(size, last) < ranks:
+            raise ConfigError(
+                f"batch_size: got {size} with {n} training images, so a batch holds only "
+                f"{min(size, last)} images for {ranks} processes; allowed: a batch_size (and "
+                f"n_train) giving every batch at least {ranks} images, one per process"
+            )
+
+    def timed_batches(self, batches: Any) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's slice of each global batch (streamed batches arrive sliced)."""
+        rank, world, size = self.ranks.rank, self.ranks.world_size, self.config.batch_size
+        arrive_sliced = getattr(batches, "shard", None) == (rank, world)
+        total = len(self.train_batches.y)
+        for i, (x, y) in enumerate(super().timed_batches(batches)):
+            if arrive_sliced:
+                whole = min(size, total - i * size)
+            else:
+                whole = len(y)
+                x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+            self.share.value = len(y) / whole
+            yield x, y
+
+    def train_pass(self, phase: Phase, epoch: int) -> tuple[list[list[float]], int, float, float]:
+        """The pass on this rank's slices; losses, hits and images summed over the ranks."""
+        totals, seen, seconds, lr = super().train_pass(phase, epoch)
+        per_rank = [0.0] * self.ranks.world_size
+        per_rank[self.ranks.rank] = seen
+        flat = self.ranks.sum([v for pair in totals for v in pair] + per_rank)
+        self.rank_images = [int(v) for v in flat[len(flat) - len(per_rank) :]]
+        summed = [flat[2 * i : 2 * i + 2] for i in range(len(totals))]
+        return summed, sum(self.rank_images), seconds, lr
+
+    def train_epoch(self, phase: Phase, epoch: int) -> list[dict[str, Any]]:
+        """The epoch's rows; training rows also say how many images each rank trained on."""
+        rows = super().train_epoch(phase, epoch)
+        for row in rows:
+            if row["split"] == "train":
+                row["rank_images"] = self.rank_images
+        return rows
+
+    def report_estimate(self, phase: Phase, epoch: int, images_per_s: float) -> None:
+        # this rank's speed on its slices; the ranks together go about world_size times faster
+        super().report_estimate(phase, epoch, images_per_s * self.ranks.world_size)
+
+    # -- resume ------------------------------------------------------------------------------
+    def restore(self) -> tuple[int, int]:
+        """Rank 0 restores from the run folder and sends the other ranks what it restored."""
+        state: dict[str, Any] | None = None
+        if self.ranks.rank == 0:
+            start = super().restore()
+            state = {"start": start, **(self.restored_state() if self.global_epoch else {})}
+        state = self.ranks.broadcast(state)
+        assert state is not None
+        if self.ranks.rank != 0 and "model" in state:
+            self.take_state(state)
+        return tuple(state["start"])  # type: ignore[return-value]
+
+    def restored_state(self) -> dict[str, Any]:
+        """Everything restore() set, on the CPU: weights, optimizers and the resume point."""
+        return _on_cpu(
+            {
+                "model": self.model.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "global_epoch": self.global_epoch,
+                "test_acc": self.test_acc,
+                "test_top5": self.test_top5,
+                "best": self.best,
+                "elapsed_before": self.elapsed_before,
+                "data_epoch": self.train_batches.epoch,
+                "rng": torch.get_rng_state(),
+            }
+        )
+
+    def take_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])  # copied into the parameters DDP holds
+        for key, optimizer_state in state["optimizers"].items():
+            self.optimizer(key).load_state_dict(optimizer_state)
+        self.global_epoch, self.best = state["global_epoch"], state["best"]
+        self.test_acc, self.test_top5 = dict(state["test_acc"]), dict(state["test_top5"])
+        self.elapsed_before = state["elapsed_before"]
+        self.train_batches.epoch = state["data_epoch"]
+        torch.set_rng_state(state["rng"])
+
+
+def _on_cpu(obj: Any) -> Any:
+    """`obj` with every tensor in it copied to the CPU (to pickle it for another rank)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj

@@ -1,0 +1,314 @@
+"""DGL's modules truly in parallel: each module trains in its own worker process.
+
+With `pipeline` on (method parallel), module k trains in a process of its own (on a GPU of its
+own when there are several) on the detached outputs of module k-1, which reach it through a
+bounded queue (torch.multiprocessing, forkserver or spawn; tensors in shared memory): module k
+trains on batch t while module k+1 trains on batch t-1. The main process drives the epochs: it feeds
+the training batches to module 1, gathers each module's epoch numbers and its state at the
+epoch's end, and then evaluates, records and checkpoints as the Trainer does for any run, so
+metrics.jsonl, summary.json, the checkpoints and resume are those of any run.
+
+    replay_buffer 0   synchronous: module k+1 trains once on each output of module k, in order,
+                      so the numbers are the single-process run's (up to float rounding).
+    replay_buffer M   DGL's asynchronous variant (eugenium/DGL, buffer_experiments/
+                      cifar_buffer.py): a ring of M batches before each module but the first,
+                      sampled with reuse (pipeline_worker.ReplayBuffer), so a slower module
+                      does not stall the faster ones.
+
+Staleness: a module trains on activations its producer made at most replay_buffer + QUEUE_DEPTH
+of the producer's steps earlier; every worker checks it on every step (pipeline_worker.py).
+Stopping (the flag, Ctrl-C, an error anywhere) stops every worker within JOIN_S seconds, then
+terminates what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from workbench.config import Config
+from workbench.events import StopRequested
+from workbench.records import RunFailed
+from workbench.training.engine import Trainer
+from workbench.training.methods import Phase, learning_rate
+from workbench.training.pipeline_worker import (
+    POLL_S,
+    QUEUE_DEPTH,
+    WorkerSpec,
+    host_copy,
+    staleness_bound,
+    worker_main,
+)
+
+JOIN_S = 10.0  # how long stopped workers get to exit before they are terminated
+START_S = 300.0  # how long a worker may take to start (import torch, build its module)
+
+
+def worker_devices(main: torch.device, n_modules: int) -> list[str]:
+    """Module k's device: the k-th GPU (round robin) on CUDA, else the CPU."""
+    if main.type == "cuda":
+        n = torch.cuda.device_count()
+        return [f"cuda:{k % n}" for k in range(n_modules)]
+    return ["cpu"] * n_modules
+
+
+def worker_threads(n_workers: int) -> int:
+    """This process's torch threads (the cores, or a sweep point's share) split between the
+    workers, at least one each: 2 cores, 2 modules: one thread each."""
+    return max(1, torch.get_num_threads() // n_workers)
+
+
+def start_method() -> Any:
+    """torch.multiprocessing's forkserver where there is one, else spawn. Either way a worker
+    is a fresh process that inherits none of this one's threads or torch state; forkserver
+    forks it from a server that imported torch once, so two workers start in about 0.1-0.4 s
+    where spawn's fresh interpreters took 8-20 s (2 busy cores, each importing torch)."""
+    import torch.multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "workbench.training.pipeline_worker"])  # if not started
+    return ctx
+
+
+class Pipeline:
+    """The worker processes of one run and the queues between them (main-process side)."""
+
+    def __init__(self, config: Config, num_classes: int, devices: list[str], threads: int):
+        self.config, self.n = config, len(devices)
+        self.specs = [WorkerSpec(config, k, num_classes, d, threads) for k, d in enumerate(devices)]
+        self.processes: list[Any] = []
+        self.fed = 0  # batches put into module 1's inbox, ever
+        self.pending: dict[int, dict[str, Any]] = {}  # this epoch's reports, as they come
+        self.ready: set[int] = set()  # the workers that have built their modules
+
+    def start(self, stop: Any) -> None:
+        """Start one worker per module and wait until each has built its module."""
+        ctx = start_method()
+        self.stop = ctx.Event()
+        self.results = ctx.Queue()
+        self.inboxes = [ctx.Queue(QUEUE_DEPTH) for _ in range(self.n)]
+        self.controls = [ctx.Queue() for _ in range(self.n)]
+        self.produced = [ctx.Value("q", 0, lock=False) for _ in range(self.n)]
+        for k, spec in enumerate(self.specs):
+            channels = {
+                "control": self.controls[k],
+                "inbox": self.inboxes[k],
+                "outbox": self.inboxes[k + 1] if k + 1 < self.n else None,
+                "results": self.results,
+                "stop": self.stop,
+                "produced_in": self.produced[k],
+                "produced_out": self.produced[k + 1] if k + 1 < self.n else None,
+            }
+            process = ctx.Process(
+                target=worker_main, args=(spec, channels), name=f"workbench-module-{k + 1}"
+            )
+            process.daemon = True  # never outlives the main process
+            with _sigint_ignored():  # inherited: Ctrl-C is the main process's to handle
+                process.start()
+            self.processes.append(process)
+        deadline = time.monotonic() + START_S
+        self.wait_for(lambda: len(self.ready) == self.n, stop, deadline, "start")
+
+    def send_states(self, states: list[dict[str, Any]]) -> None:
+        for control, state in zip(self.controls, states):
+            control.put(("state", state))
+
+    def epoch(
+        self, batches: Any, phase: Phase, epoch: int, n_batches: int, stop: Any
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Feed one epoch's batches to module 1; every module's report, and the images fed."""
+        for control in self.controls:
+            control.put(("epoch", phase, epoch, n_batches))
+        seen = 0
+        for x, y in batches:
+            if stop.is_set():
+                raise StopRequested
+            item = (self.fed, x.detach().cpu(), y.cpu())
+            while True:
+                try:
+                    self.inboxes[0].put(item, timeout=POLL_S)
+                    break
+                except queue.Full:
+                    self.check(stop)
+            self.fed += 1
+            self.produced[0].value = self.fed
+            seen += len(y)
+        self.wait_for(lambda: len(self.pending) == self.n, stop)
+        reports = [self.pending.pop(k) for k in range(self.n)]
+        return reports, seen
+
+    def wait_for(
+        self, done: Callable[[], bool], stop: Any, deadline: float = math.inf, what: str = ""
+    ) -> None:
+        """Take the workers' messages until `done()`, checking on them while none comes."""
+        while not done():
+            if time.monotonic() > deadline:
+                raise RunFailed(f"pipeline: the workers did not {what} within {START_S:.0f} s")
+            try:
+                self.take(self.results.get(timeout=POLL_S))
+            except queue.Empty:
+                self.check(stop)
+
+    def take(self, message: tuple[str, int, Any]) -> None:
+        """A worker's message: ready, its epoch's report (kept), or its error (raised)."""
+        kind, k, payload = message
+        if kind == "error":
+            raise RunFailed(f"pipeline: module {k + 1}'s worker failed: {payload}")
+        if kind == "report":
+            self.pending[k] = payload
+        elif kind == "ready":
+            self.ready.add(k)
+
+    def check(self, stop: Any) -> None:
+        """While waiting: honour the stop flag, take early messages, notice a dead worker."""
+        if stop.is_set():
+            raise StopRequested
+        try:
+            while True:
+                self.take(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        for k, process in enumerate(self.processes):
+            if process.exitcode is not None:
+                try:  # a worker that failed says why just before it exits
+                    self.take(self.results.get(timeout=1.0))
+                except queue.Empty:
+                    pass
+                raise RunFailed(
+                    f"pipeline: module {k + 1}'s worker process ended unexpectedly "
+                    f"(exit code {process.exitcode})"
+                )
+
+    def close(self) -> None:
+        """Stop every worker: ask, wait up to JOIN_S seconds, then terminate and kill."""
+        if not self.processes:
+            return
+        self.stop.set()
+        for control in self.controls:
+            control.put(("stop",))
+        deadline = time.monotonic() + JOIN_S
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(2.0)
+            if process.is_alive():
+                process.kill()
+                process.join(2.0)
+        for q in [*self.controls, *self.inboxes, self.results]:
+            q.cancel_join_thread()  # this process's exit must not wait on a pipe nobody reads
+            q.close()
+        self.processes = []
+
+
+class PipelinedTrainer(Trainer):
+    """The Trainer of a pipelined `parallel` run: the workers train, this process records."""
+
+    pipeline: Pipeline | None = None
+    summary: dict[str, Any] | None = None  # the run's summary, while fit runs
+    staleness_max: list[int] | None = None  # per module, the oldest batch trained on so far
+    # per module, the last epoch's (producer step, age) of each batch it trained on
+    last_epoch_steps: list[list[tuple[int, int]]] | None = None
+
+    def fit(self, summary: dict[str, Any]) -> None:
+        """As Trainer.fit; the workers start at the first epoch and are stopped at the end,
+        on an error, on the stop flag and on Ctrl-C alike."""
+        summary["pipeline_workers"] = self.workers()
+        summary["pipeline_staleness_bound"] = staleness_bound(self.config)
+        self.summary = summary
+        try:
+            super().fit(summary)
+        finally:
+            self.close_pipeline()
+
+    def close_pipeline(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
+            self.pipeline = None
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Each module's worker: its device and CPU threads."""
+        n = len(self.model)
+        devices, threads = worker_devices(self.device, n), worker_threads(n)
+        return [{"module": k + 1, "device": d, "threads": threads} for k, d in enumerate(devices)]
+
+    def start_pipeline(self) -> Pipeline:
+        """Start the workers and hand them the model's (and optimizers') current state."""
+        n = len(self.model)
+        workers = self.workers()
+        devices = [w["device"] for w in workers]
+        pipeline = Pipeline(self.config, self.data.num_classes, devices, workers[0]["threads"])
+        self.pipeline = pipeline
+        pipeline.start(self.stop)
+        states = []
+        for k in range(n):
+            optimizer = self.optimizers.get(str(k))  # a resumed run's momentum
+            state = {
+                "trunk": self.model.trunk[k].state_dict(),
+                "head": self.model.heads[k].state_dict(),
+                "optimizer": optimizer.state_dict() if optimizer else None,
+            }
+            states.append({key: host_copy(value) for key, value in state.items()})
+        pipeline.send_states(states)
+        return pipeline
+
+    def train_pass(self, phase: Phase, epoch: int) -> tuple[list[list[float]], int, float, float]:
+        """One epoch in the workers: ([loss sum, correct] per module, images, seconds, lr)."""
+        pipeline = self.pipeline or self.start_pipeline()
+        n_batches = len(self.train_batches)
+        start = time.perf_counter()
+        reports, seen = pipeline.epoch(
+            self.timed_batches(self.train_batches), phase, epoch, n_batches, self.stop
+        )
+        seconds = time.perf_counter() - start
+        for k, report in zip(phase.modules, reports):
+            state = report["state"]
+            self.model.trunk[k].load_state_dict(state["trunk"])
+            self.model.heads[k].load_state_dict(state["head"])
+            self.optimizer(str(k)).load_state_dict(state["optimizer"])
+        self.finite = torch.stack([r["finite"] for r in reports]).to(self.device)
+        self.note_staleness(reports)
+        self.last_epoch_steps = [list(zip(r["producer_steps"], r["ages"])) for r in reports]
+        if not self.estimated:
+            self.report_estimate(phase, epoch, seen / seconds)
+        lr = learning_rate(
+            self.config, phase.first_epoch + epoch + (n_batches - 1) / n_batches, phase.total_epochs
+        )
+        # with a replay buffer a module may train on more or fewer images than were fed: its
+        # sums are scaled to the images fed, so the rows' means are its own
+        totals = [
+            [r["loss_sum"] * seen / r["seen"], r["correct"] * seen / r["seen"]] for r in reports
+        ]
+        return totals, seen, seconds, lr
+
+    def note_staleness(self, reports: list[dict[str, Any]]) -> None:
+        """The largest age (in producer steps) of a batch each module trained on, so far."""
+        previous = self.staleness_max or [0] * len(reports)
+        self.staleness_max = [max(old, *r["ages"]) for old, r in zip(previous, reports)]
+        if self.summary is not None:
+            self.summary["pipeline_staleness_max"] = self.staleness_max
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a worker is spawned (it inherits that from birth), where this is
+    the main thread; elsewhere (a notebook's training thread) the worker ignores it itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,334 @@
+"""The worker side of the pipeline (pipeline.py): one process trains one module and its head.
+
+A worker takes (producer step, activations, labels) from its inbox, trains its module on its
+own aux loss, and puts its detached output, with its own step index, into the next module's
+inbox. With a replay buffer (config.replay_buffer = M > 0) a drain thread moves everything that
+arrives into a ring of the last M batches, and each step trains on one sampled from it as DGL
+does, so the worker never waits for a slower module before it once the ring holds a batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workbench.config import Config
+from workbench.regularizers import kinetic_weight
+from workbench.training.device import autocast_dtype, memory_format
+from workbench.training.methods import Phase, learning_rate, restarts_momentum
+
+QUEUE_DEPTH = 2  # batches in flight between two modules (each inbox's bound)
+POLL_S = 0.1  # how often a waiting process looks at the stop flag and its parent
+
+
+class Stopped(Exception):
+    """The stop flag was set, or the main process is gone: the worker returns quietly."""
+
+
+def staleness_bound(config: Config) -> int:
+    """The most producer steps a batch may be old when a module trains on it: the ring's M
+    batches (0 without one) plus the QUEUE_DEPTH batches the inbox can hold behind it."""
+    return config.replay_buffer + QUEUE_DEPTH
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to build its module (it is pickled into the process)."""
+
+    config: Config
+    module: int  # 0-indexed
+    num_classes: int
+    device: str
+    threads: int
+
+
+class ModuleStep:
+    """Module k and its head with their own SGD (the main process's Trainer.optimizer's twin).
+
+    `step` is one iteration of Trainer.local_step for this module alone: forward, aux loss,
+    backward, update; the output comes back detached, so no gradient can leave the module.
+    """
+
+    def __init__(self, config: Config, k: int, trunk: nn.Module, head: nn.Module, device: str):
+        self.config, self.k, self.device = config, k, torch.device(device)
+        self.memory_format = memory_format(config, self.device)
+        self.trunk = trunk.to(self.device, memory_format=self.memory_format)
+        self.head = head.to(self.device)
+        wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
+        self.forward, self.classify = wrap(self.trunk.forward_with_kinetic), wrap(self.head)
+        self.amp = autocast_dtype(config, self.device)
+        self.optimizer = torch.optim.SGD(
+            [*self.trunk.parameters(), *self.head.parameters()],
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+
+    def step(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Train on one batch: (output detached, cross-entropy, correct count, loss finite)."""
+        if x.requires_grad:  # a producer's graph must never reach this module
+            raise RuntimeError(f"module {self.k + 1} got an input that requires grad")
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        y = y.to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        autocast = torch.autocast(self.device.type, self.amp) if self.amp else None
+        with autocast or contextlib.nullcontext():
+            out, energy = self.forward(x)
+            logits = self.classify(out)
+            ce = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+            loss = ce + kinetic_weight(self.config, self.k) * energy
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        correct = (logits.argmax(-1) == y).sum()
+        return out.detach(), ce.detach(), correct, torch.isfinite(loss.detach())
+
+    def state(self) -> dict[str, Any]:
+        """The module's, head's and optimizer's state, copied to the host (safe to send)."""
+        return host_copy(
+            {
+                "trunk": self.trunk.state_dict(),
+                "head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+            }
+        )
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.trunk.load_state_dict(state["trunk"])
+        self.head.load_state_dict(state["head"])
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def host_copy(value: Any) -> Any:
+    """Tensors (in nested dicts and lists) copied to the host: nothing sent aliases live
+    parameters, and nothing sent is a CUDA tensor (CUDA IPC would oblige the sender to keep
+    each one alive until the receiver is done with it)."""
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: host_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(host_copy(v) for v in value)
+    return value
+
+
+class ReplayBuffer:
+    """DGL's buffer between two modules, as eugenium/DGL buffer_experiments/cifar_buffer.py's
+    `Buffer` (sample_method 'priority_lifo', max_reuse unlimited): a ring of the last `size`
+    batches, the newest overwriting the oldest; `sample` returns, among the batches used the
+    fewest times, the most recently added, and counts the use. (The reference's index trick
+    can pick the slot about to be overwritten, the oldest; its comment says "use the
+    freshest one among them", which is what this does.) Thread-safe: a drain thread adds."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.slots: list[Any] = []
+        self.uses: list[int] = []
+        self.added = 0  # batches ever added; slot i holds addition number i (mod size)
+        self.cond = threading.Condition()
+        self.error: BaseException | None = None
+
+    def add(self, item: Any) -> None:
+        with self.cond:
+            if len(self.slots) < self.size:
+                self.slots.append(item)
+                self.uses.append(0)
+            else:
+                self.slots[self.added % self.size] = item
+                self.uses[self.added % self.size] = 0
+            self.added += 1
+            self.cond.notify_all()
+
+    def sample(self, timeout: float, observe: Callable[[Any], Any] = lambda item: None) -> Any:
+        """A batch (None if the ring stayed empty for `timeout` s) and `observe(batch)`, called
+        while no batch can arrive, so it sees the ring as the batch was chosen from."""
+        with self.cond:
+            if not self.slots and not self.cond.wait_for(
+                lambda: bool(self.slots) or self.error is not None, timeout
+            ):
+                return None, None
+            if self.error is not None:
+                raise RuntimeError("the replay buffer's drain thread failed") from self.error
+            fewest = min(self.uses)
+            newest_first = [(self.added - 1 - age) % self.size for age in range(len(self.slots))]
+            chosen = next(i for i in newest_first if self.uses[i] == fewest)
+            self.uses[chosen] += 1
+            item = self.slots[chosen]
+            return item, observe(item)
+
+
+class Inbox:
+    """Where a worker's batches come from: its queue in order (the first module, or no replay
+    buffer), or a ReplayBuffer that a drain thread fills from the queue.
+
+    `take` returns (producer step, x, y, age): age is how many batches the producer has put out
+    after this one, read from its shared counter when the batch is taken.
+    """
+
+    def __init__(self, source: Any, produced: Any, replay: int, stop: Any):
+        self.source, self.produced, self.stop = source, produced, stop
+        self.ring = ReplayBuffer(replay) if replay > 0 else None
+        if self.ring is not None:
+            threading.Thread(target=self._drain, daemon=True, name="replay-drain").start()
+
+    def age(self, item: tuple) -> int:
+        return max(0, self.produced.value - 1 - item[0])
+
+    def take(self) -> tuple[int, Tensor, Tensor, int]:
+        while True:
+            if self.ring is not None:
+                item, age = self.ring.sample(POLL_S, self.age)
+            else:
+                try:
+                    item = self.source.get(timeout=POLL_S)
+                except queue.Empty:
+                    item = None
+                age = self.age(item) if item is not None else None
+            if item is not None:
+                return (*item, age)
+            check_alive(self.stop)
+
+    def _drain(self) -> None:
+        assert self.ring is not None
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.ring.add(self.source.get(timeout=POLL_S))
+                except queue.Empty:
+                    continue
+        except BaseException as e:  # the consumer raises it from sample
+            with self.ring.cond:
+                self.ring.error = e
+                self.ring.cond.notify_all()
+
+
+def check_alive(stop: Any) -> None:
+    """Raise Stopped when the stop flag is set or the process that started this one is gone."""
+    parent = multiprocessing.parent_process()
+    if stop.is_set() or (parent is not None and not parent.is_alive()):
+        raise Stopped
+
+
+def put(q: Any, item: Any, stop: Any) -> None:
+    """Put into a bounded queue, looking at the stop flag while it is full."""
+    while True:
+        try:
+            q.put(item, timeout=POLL_S)
+            return
+        except queue.Full:
+            check_alive(stop)
+
+
+def worker_main(spec: WorkerSpec, channels: dict[str, Any]) -> None:
+    """A worker process: build module k, then train an epoch per message until told to stop.
+
+    channels: control (main -> this worker), inbox/outbox (None for the last module), results
+    (-> main), stop (an Event), produced_in/produced_out (the producers' shared counters).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    k, results, stop = spec.module, channels["results"], channels["stop"]
+    try:
+        torch.set_num_threads(spec.threads)
+        from workbench.models import build_model
+
+        model = build_model(spec.config, spec.num_classes)
+        module = ModuleStep(spec.config, k, model.trunk[k], model.heads[k], spec.device)
+        del model
+        inbox = Inbox(channels["inbox"], channels["produced_in"], _replay(spec, k), stop)
+        results.put(("ready", k, None))
+        while True:
+            message = _wait(channels["control"], stop)
+            if message[0] == "stop":
+                return
+            if message[0] == "state":
+                module.load(message[1])
+                continue
+            phase, epoch, n_batches = message[1:]
+            results.put(
+                ("report", k, _epoch(spec, module, inbox, channels, phase, epoch, n_batches))
+            )
+    except Stopped:
+        return
+    except BaseException:
+        text = traceback.format_exc()
+        print(f"workbench pipeline: module {k + 1}'s worker failed:\n{text}", file=sys.stderr)
+        results.put(("error", k, text.strip().splitlines()[-1]))
+    finally:
+        if channels["outbox"] is not None:
+            channels["outbox"].cancel_join_thread()  # nobody may read it any more
+
+
+def _replay(spec: WorkerSpec, k: int) -> int:
+    """The ring's size before module k: none before the first (it reads fresh data, as DGL's)."""
+    return spec.config.replay_buffer if k > 0 else 0
+
+
+def _wait(q: Any, stop: Any) -> Any:
+    while True:
+        try:
+            return q.get(timeout=POLL_S)
+        except queue.Empty:
+            check_alive(stop)
+
+
+def _epoch(
+    spec: WorkerSpec,
+    module: ModuleStep,
+    inbox: Inbox,
+    channels: dict[str, Any],
+    phase: Phase,
+    epoch: int,
+    n_batches: int,
+) -> dict[str, Any]:
+    """n_batches steps of the module; its epoch numbers and its state at the end."""
+    config, stop, outbox = spec.config, channels["stop"], channels["outbox"]
+    bound = staleness_bound(config)
+    if restarts_momentum(config, phase.first_epoch + epoch):
+        module.optimizer.state.clear()
+    module.trunk.train()
+    module.head.train()
+    loss_sum = torch.zeros((), device=module.device)
+    correct = torch.zeros((), dtype=torch.long, device=module.device)
+    finite = torch.ones(n_batches, dtype=torch.bool, device=module.device)
+    seen, ages, steps = 0, [], []
+    for i in range(n_batches):
+        check_alive(stop)
+        step, x, y, age = inbox.take()
+        if age > bound:  # the pipeline's promise: never train on older activations than this
+            raise RuntimeError(f"module {spec.module + 1} got a batch {age} steps old (> {bound})")
+        lr = learning_rate(config, phase.first_epoch + epoch + i / n_batches, phase.total_epochs)
+        out, ce, hits, ok = module.step(x, y, lr)
+        if outbox is not None:
+            produced = channels["produced_out"]
+            put(outbox, (produced.value, out.to("cpu"), y), stop)
+            produced.value += 1  # after the put: the counter never runs ahead of the queue
+        loss_sum += ce * len(y)
+        correct += hits
+        finite[i] = ok
+        seen += len(y)
+        ages.append(age)
+        steps.append(step)
+    return {
+        "loss_sum": float(loss_sum),
+        "correct": int(correct),
+        "seen": seen,
+        "finite": finite.cpu(),
+        "ages": ages,
+        "producer_steps": steps,
+        "state": module.state(),
+    }
