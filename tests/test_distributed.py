@@ -35,6 +35,7 @@ from test_folders import config as folder_config
 from test_folders import make_imagefolder
 
 from workbench import Config, run_experiment
+from workbench.bench.ddp import descendants
 from workbench.data import make_batches
 from workbench.data.folders import StreamedBatches
 from workbench.records import read_metrics
@@ -87,23 +88,6 @@ def torchrun(fields: dict, cwd: Path) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (torchrun starts its workers in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
 
 
 def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str]:

@@ -124,7 +124,7 @@ def run_bounded(command: list[str], env: dict[str, str], timeout: float) -> tupl
         output, _ = process.communicate(timeout=timeout)
         return process.returncode, output
     except subprocess.TimeoutExpired:
-        below = _descendants(process.pid)
+        below = descendants(process.pid)
         process.send_signal(signal.SIGTERM)  # torchrun passes it on: the runs stop cleanly
         time.sleep(min(10.0, timeout))
         for pid in [process.pid, *below]:
@@ -136,7 +136,7 @@ def run_bounded(command: list[str], env: dict[str, str], timeout: float) -> tupl
         return 124, output + f"\n(killed after {timeout:.0f} s)"
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below `pid`, from /proc (Linux; elsewhere none are found)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
