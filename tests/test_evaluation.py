@@ -68,10 +68,14 @@ def test_the_summary_equals_a_full_evaluation_from_scratch(tmp_path, fields):
     assert summary["final_test_acc"] > 0.3  # learned: chance is 0.1
 
 
-def test_a_sequential_run_evaluates_each_frozen_module_once(tmp_path):
+@pytest.mark.parametrize("kept", [True, False], ids=["outputs-kept", "not-kept"])
+def test_a_sequential_run_evaluates_each_frozen_module_once(tmp_path, monkeypatch, kept):
     """Test images through each head and module: a head only in its own phase's epochs (never
-    when frozen, nor again for the summary); a module also once per later phase, to give the
-    next modules their inputs."""
+    when frozen, nor again for the summary); a module too, since its last evaluation's outputs
+    are the next phase's inputs. When they would not fit in memory, the next phase runs the
+    frozen prefix once instead (test_recipes checks that the numbers are the same)."""
+    if not kept:
+        monkeypatch.setattr(Trainer, "keeps_outputs", lambda self, phase, epoch: False)
     n_modules, epochs, n_test = 3, 2, 200
     config = tiny(tmp_path, n_modules=n_modules, epochs=epochs, n_test=n_test)
     data = load_data(config)
@@ -94,10 +98,26 @@ def test_a_sequential_run_evaluates_each_frozen_module_once(tmp_path):
         trainer.fit(summary)
         final = trainer.final_summary()
     for k in range(n_modules):
-        later_phases = n_modules - 1 - k
+        prefix_runs = 0 if kept else n_modules - 1 - k  # once per later phase
         assert seen["head", k] == epochs * n_test, f"head {k + 1}"
-        assert seen["trunk", k] == (epochs + later_phases) * n_test, f"module {k + 1}"
+        assert seen["trunk", k] == (epochs + prefix_runs) * n_test, f"module {k + 1}"
     assert final["per_module_test_acc"] == [trainer.test_acc[k + 1] for k in range(n_modules)]
+
+
+def test_evaluation_keeps_the_last_modules_outputs_only_within_its_budget():
+    torch.manual_seed(0)
+    config = tiny(Path("unused"), n_modules=2)
+    model = build_model(config).eval()
+    batches = [(torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,))) for _ in range(3)]
+    with torch.inference_mode():
+        expected = [model.trunk[1](model.trunk[0](x)) for x, _ in batches]
+    one_batch = expected[0].numel() * expected[0].element_size()
+    kept = evaluate(model, batches, keep_outputs=3 * one_batch).outputs
+    assert kept is not None and len(kept) == 3
+    for (out, y), want, (_, labels) in zip(kept, expected, batches):
+        assert torch.equal(out, want) and torch.equal(y, labels)
+    assert evaluate(model, batches, keep_outputs=3 * one_batch - 1).outputs is None
+    assert evaluate(model, batches).outputs is None  # not asked for
 
 
 def test_a_resumed_run_without_kept_logits_evaluates_in_full(tmp_path):

@@ -149,15 +149,19 @@ def test_precise_bn_leaves_parallel_training_untouched(tmp_path):
 
 
 def test_cached_prefix_evaluation_reports_the_same_numbers(tmp_path, monkeypatch):
-    """A sequential phase evaluates from its frozen prefix's test outputs, computed once per
-    phase: the recorded test numbers equal a full evaluation's, bit for bit."""
+    """A sequential phase evaluates from its frozen prefix's test outputs: kept from the
+    previous phase's last evaluation, or (when they do not fit) run once at the phase's start.
+    Either way the recorded test numbers equal a full evaluation's, bit for bit."""
     from workbench.training import Trainer
 
-    config = dict(n_modules=3, epochs=2, augment="none")
-    cached = tiny(tmp_path / "cached", **config)
-    run_experiment(cached)
+    fields = dict(n_modules=3, epochs=2, augment="none")
+    kept = tiny(tmp_path / "kept", **fields)
+    run_experiment(kept)
+    monkeypatch.setattr(Trainer, "keeps_outputs", lambda self, phase, epoch: False)
+    built = tiny(tmp_path / "built", **fields)
+    run_experiment(built)
     monkeypatch.setattr(Trainer, "build_test_cache", lambda self, phase: None)
-    full = tiny(tmp_path / "full", **config)
+    full = tiny(tmp_path / "full", **fields)
     run_experiment(full)
     rows = [
         [
@@ -165,6 +169,6 @@ def test_cached_prefix_evaluation_reports_the_same_numbers(tmp_path, monkeypatch
             for r in read_metrics(c.out)
             if r["split"] == "test"
         ]
-        for c in (cached, full)
+        for c in (kept, built, full)
     ]
-    assert rows[0] == rows[1] and len(rows[0]) == 6
+    assert rows[0] == rows[1] == rows[2] and len(rows[0]) == 6

@@ -24,6 +24,8 @@ class Evaluation:
     first: int = 0  # the lists start at module first + 1 (a frozen prefix was not evaluated)
     logits: list[Tensor] | None = None  # with keep_logits: each module's test logits (host)
     labels: Tensor | None = None  # with keep_logits: the test labels, in the logits' order
+    # with keep_outputs: the last evaluated module's output and the labels, batch by batch
+    outputs: list[tuple[Tensor, Tensor]] | None = None
 
 
 def _autocast(x: Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -58,6 +60,7 @@ def evaluate(
     start: int = 0,
     first: int | None = None,
     keep_logits: bool = False,
+    keep_outputs: int = 0,
 ) -> Evaluation:
     """Accuracy and loss of modules first+1..upto's auxiliary heads, and their layer ensemble.
 
@@ -66,6 +69,8 @@ def evaluate(
     start+1's inputs (a frozen prefix's cached outputs). Modules before `first` (default
     `start`) run without their heads: a frozen module's head has nothing new to say.
     `keep_logits` also returns every evaluated head's logits (on the host) and the labels.
+    `keep_outputs` > 0 also returns module upto's outputs (on the device) while they fit in
+    that many bytes; past it they are dropped (None), so memory stays bounded.
     """
     was_training = model.training
     model.eval()
@@ -74,12 +79,22 @@ def evaluate(
     totals: list[Tensor] | None = None
     kept: list[list[Tensor]] = [[] for _ in range(first, n)]
     labels: list[Tensor] = []
-    seen = 0
+    outputs: list[tuple[Tensor, Tensor]] | None = [] if keep_outputs > 0 else None
+    seen = kept_bytes = 0
     for x, y in batches:
         with _autocast(x, autocast):
             for module in model.trunk[start:first]:
                 x = module(x)
-            per_module = model.per_module_logits(x, n, first)
+            per_module = []
+            for module, head in zip(model.trunk[first:n], model.heads[first:n]):
+                x = module(x)
+                per_module.append(head(x))
+        if outputs is not None:
+            kept_bytes += x.numel() * x.element_size()
+            if kept_bytes > keep_outputs:
+                outputs = None
+            else:
+                outputs.append((x, y))
         logits = torch.stack([z.float() for z in per_module])  # n x B x C
         counts = logit_counts(logits, y, first)
         totals = list(counts) if totals is None else [t + c for t, c in zip(totals, counts)]
@@ -99,6 +114,7 @@ def evaluate(
         first=first,
         logits=[torch.cat(z).cpu() for z in kept] if keep_logits else None,
         labels=torch.cat(labels).cpu() if keep_logits else None,
+        outputs=outputs,
     )
 
 

@@ -133,6 +133,9 @@ class Trainer(EvaluationMixin, CheckpointMixin):
         self.recovered: str | None = None  # how an unreadable last.pt was replaced, if it was
         # the frozen prefix's outputs on the test set, for the current phase (or None)
         self.test_features: list[tuple[Tensor, Tensor]] | None = None
+        # (k, module k's test outputs) from the last evaluation of a sequential phase: the
+        # next phase's frozen prefix outputs, so it need not run the prefix again for them
+        self.kept_outputs: tuple[int, list[tuple[Tensor, Tensor]]] | None = None
         # each module's test logits from its latest evaluation (host), for the final summary
         self.test_logits: dict[int, Tensor] = {}
         self.test_labels: Tensor | None = None
@@ -177,11 +180,16 @@ class Trainer(EvaluationMixin, CheckpointMixin):
 
     # -- phases ------------------------------------------------------------------------------
     def begin_phase(self, phase: Phase) -> None:
-        """Run the phase's frozen prefix over the test set once (its outputs do not change
-        while the phase trains), and with cache_features over the training set too."""
+        """The phase's frozen prefix outputs on the test set (they do not change while the
+        phase trains): kept from the previous phase's last evaluation, else run once; with
+        cache_features, over the training set too."""
+        kept, self.kept_outputs = self.kept_outputs, None
         if phase.frozen_prefix > 0 and not self.end_to_end:  # sequential, multilap
             with self.clock.part("evaluate"):
-                self.test_features = self.build_test_cache(phase)
+                if kept is not None and kept[0] == phase.frozen_prefix:
+                    self.test_features = kept[1]
+                else:
+                    self.test_features = self.build_test_cache(phase)
             if self.config.cache_features:
                 with self.clock.part("train"):
                     self.cache = self.build_cache(phase)
@@ -449,7 +457,7 @@ class Trainer(EvaluationMixin, CheckpointMixin):
                 "and keeps the records of the epochs before; try a smaller lr (in a new --out)",
                 rows,
             )
-        result = self.evaluate_phase(phase)
+        result = self.evaluate_phase(phase, keep_outputs=self.keeps_outputs(phase, epoch))
         for k in phase.modules:
             i = k - result.first
             self.test_acc[k + 1] = result.per_module_acc[i]

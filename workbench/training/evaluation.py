@@ -1,7 +1,10 @@
 """Evaluation while training and after it, each done once per change.
 
 After an epoch only the modules that trained are evaluated: in a sequential phase from the
-frozen prefix's test outputs, computed once per phase, and never through a frozen module's head.
+frozen prefix's test outputs, and never through a frozen module's head. Those outputs are the
+previous phase's: its last evaluation keeps its module's outputs for the next phase, so each
+module runs over the test set only in its own phase (the prefix is run again only when they
+did not fit in memory, or in a resumed run).
 Every module's test logits from its latest evaluation are kept, so the final summary (the
 per-module table and the layer ensemble) is counted from them instead of evaluating again.
 BatchNorm statistics are re-estimated (precise BN) only for the modules that trained, from the
@@ -56,6 +59,7 @@ class EvaluationMixin:
 
     test_logits: dict[int, Tensor]
     test_labels: Tensor | None
+    kept_outputs: tuple[int, list[tuple[Tensor, Tensor]]] | None
 
     @contextlib.contextmanager
     def evaluation_layout(self) -> Iterator[None]:
@@ -89,8 +93,20 @@ class EvaluationMixin:
                 cached.append((features, y))
         return cached
 
-    def evaluate_phase(self, phase: Phase) -> Evaluation:
-        """The phase's modules on the test set, after re-estimating their BN statistics."""
+    def keeps_outputs(self, phase: Phase, epoch: int) -> bool:
+        """Whether this epoch's evaluation keeps its module's test outputs for the next phase:
+        after a sequential phase's last epoch, when the next phase trains the module after it
+        (whose frozen prefix then ends where this evaluation did)."""
+        index = self.phases.index(phase)
+        if self.end_to_end or epoch < phase.epochs - 1 or index + 1 == len(self.phases):
+            return False
+        (k, *others), after = phase.modules, self.phases[index + 1]
+        return not others and after.frozen_prefix == k + 1
+
+    def evaluate_phase(self, phase: Phase, keep_outputs: bool = False) -> Evaluation:
+        """The phase's modules on the test set, after re-estimating their BN statistics;
+        with keep_outputs, the last module's test outputs are kept (see keeps_outputs) when
+        they fit in half the free memory."""
         with self.clock.part("precise_bn"):
             self.refresh_batchnorm(phase)
         upto, prefix = max(phase.modules) + 1, phase.frozen_prefix
@@ -100,8 +116,17 @@ class EvaluationMixin:
             else:
                 batches, start = self.formatted(self.test_batches), 0
             result = evaluate(
-                self.model, batches, upto, self.amp, start=start, first=prefix, keep_logits=True
+                self.model,
+                batches,
+                upto,
+                self.amp,
+                start=start,
+                first=prefix,
+                keep_logits=True,
+                keep_outputs=free_memory_bytes(self.device) // 2 if keep_outputs else 0,
             )
+        if result.outputs is not None:
+            self.kept_outputs = (upto, result.outputs)
         assert result.logits is not None
         for i, logits in enumerate(result.logits):
             self.test_logits[result.first + i] = logits
