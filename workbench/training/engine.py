@@ -24,7 +24,6 @@ from workbench.config import Config
 from workbench.data import Batches, ImageData, make_batches
 from workbench.events import (
     EPOCH_END,
-    ESTIMATE,
     MODULE_DONE,
     RUN_START,
     Callback,
@@ -41,7 +40,7 @@ from workbench.training.device import (
     memory_format,
     peak_memory_bytes,
 )
-from workbench.training.estimate import CostModel, ProgressReporter, SpeedProbe
+from workbench.training.estimate import CostModel, EstimateMixin, SpeedProbe
 from workbench.training.evaluation import EvaluationMixin, auto_eval_batch_size
 from workbench.training.methods import Phase, learning_rate, plan, restarts_momentum
 from workbench.training.timing import Clock
@@ -77,7 +76,7 @@ class FeatureBatches:
         return ((self.features[idx], self.labels[idx]) for idx in chunks)
 
 
-class Trainer(EvaluationMixin, CheckpointMixin):
+class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
     """Holds one run's model, data, optimizers and records; the methods differ only in `plan`."""
 
     def __init__(
@@ -365,40 +364,6 @@ class Trainer(EvaluationMixin, CheckpointMixin):
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def cost_model(self) -> CostModel:
-        if self.cost is None:
-            n_train = self.data.provenance.get("n_train")
-            self.cost = CostModel.of(
-                self.config,
-                self.data.num_classes,
-                n_train or len(self.train_batches) * self.config.batch_size,
-                self.data.provenance.get("n_test") or 0,
-            )
-        return self.cost
-
-    def progress_reporter(self, phase: Phase, epoch: int, n_steps: int) -> ProgressReporter:
-        index = self.phases.index(phase)
-        return ProgressReporter(
-            self.emit, self.cost_model(), self.phases, index, epoch, n_steps, self.global_epoch + 1
-        )
-
-    def report_estimate(self, phase: Phase, epoch: int, images_per_s: float) -> None:
-        """Emit ESTIMATE: the rest of the run at the speed of these first steps."""
-        self.estimated = True
-        cost = self.cost_model()
-        index = self.phases.index(phase)
-        flops_per_s = images_per_s * cost.train_per_image(phase)
-        left = phase.epochs - epoch + sum(p.epochs for p in self.phases[index + 1 :])
-        self.emit(
-            ESTIMATE,
-            {
-                "seconds": cost.remaining(self.phases, index, epoch) / flops_per_s,
-                "images_per_s": images_per_s,
-                "epochs_left": left,
-                "device": str(self.device),
-            },
-        )
 
     def check_finite(self, phase: Phase, epoch: int, totals: list[list[float]]) -> str | None:
         """None when the epoch's losses and the trained parameters are finite; else what broke:

@@ -3,8 +3,8 @@
 The first steps a process trains are timed (after the very first, which pays for warm-up:
 cuDNN autotuning, compilation). A phase's cost per training image is the forward FLOPs of its
 frozen prefix plus 3x those of its trained modules and heads (forward and backward); each epoch
-then evaluates the test set (and, with precise BN, a tenth of the training set) up to its last
-trained module, and the run ends with one evaluation of every module. Measured speed times
+then evaluates the test set through its trained modules and their heads (and, with precise BN,
+feeds a tenth of the training set up to its last trained module). Measured speed times
 these costs gives every epoch still to go: a guide (data loading and kernels differ per
 layer), not a promise.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from workbench.config import Config
-from workbench.events import PROGRESS
+from workbench.events import ESTIMATE, PROGRESS
 from workbench.training.methods import Phase
 
 PROBE_STEPS = 5  # timed steps after the first...
@@ -49,20 +49,21 @@ class CostModel:
         return prefix + 3 * trained
 
     def epoch(self, phase: Phase) -> float:
-        """One epoch of the phase: its training steps and the evaluation after them."""
+        """One epoch of the phase: its training steps and the evaluation after them, which
+        runs only the trained modules and their heads (a sequential phase's prefix outputs on
+        the test set are kept from the phase before, and the final summary reuses logits)."""
         upto = max(phase.modules) + 1
-        forward = sum(self.trunk[:upto]) + sum(self.heads[:upto])
+        trained = sum(self.trunk[k] + self.heads[k] for k in phase.modules)
         return (
             self.n_train * self.train_per_image(phase)
-            + self.n_test * forward
+            + self.n_test * trained
             + self.n_stats * sum(self.trunk[:upto])
         )
 
     def remaining(self, phases: Sequence[Phase], phase_index: int, epoch: int) -> float:
         """FLOPs from the start of `epoch` of `phases[phase_index]` to the run's end."""
         total = sum(self.epoch(p) * p.epochs for p in phases[phase_index + 1 :])
-        total += self.epoch(phases[phase_index]) * (phases[phase_index].epochs - epoch)
-        return total + self.n_test * (sum(self.trunk) + sum(self.heads))  # the final evaluation
+        return total + self.epoch(phases[phase_index]) * (phases[phase_index].epochs - epoch)
 
 
 def module_flops(config: Config, num_classes: int) -> tuple[list[float], list[float]]:
@@ -176,6 +177,57 @@ DATASET_SIZES = {
     "tiny-imagenet": (100000, 10000),
 }
 _DEVICE_FLOPS: dict[str, float] = {}
+
+
+class EstimateMixin:
+    """The Trainer's estimates (they read its config, data, phases and event emitter): ESTIMATE
+    after the first timed steps, PROGRESS during each epoch."""
+
+    config: Config
+    data: Any
+    train_batches: Any
+    phases: list[Phase]
+    device: torch.device
+    global_epoch: int
+    estimated: bool
+    cost: CostModel | None
+    emit: Callable[[str, dict[str, Any]], None]
+
+    def cost_model(self) -> CostModel:
+        """FLOPs per image of the run's modules and heads (built once per run)."""
+        if self.cost is None:
+            n_train = self.data.provenance.get("n_train")
+            self.cost = CostModel.of(
+                self.config,
+                self.data.num_classes,
+                n_train or len(self.train_batches) * self.config.batch_size,
+                self.data.provenance.get("n_test") or 0,
+            )
+        return self.cost
+
+    def progress_reporter(self, phase: Phase, epoch: int, n_steps: int) -> ProgressReporter:
+        """PROGRESS events for one epoch of `phase`."""
+        index = self.phases.index(phase)
+        return ProgressReporter(
+            self.emit, self.cost_model(), self.phases, index, epoch, n_steps, self.global_epoch + 1
+        )
+
+    def report_estimate(self, phase: Phase, epoch: int, images_per_s: float) -> None:
+        """Emit ESTIMATE: the rest of the run at the speed of these first steps."""
+        self.estimated = True
+        cost = self.cost_model()
+        index = self.phases.index(phase)
+        flops_per_s = images_per_s * cost.train_per_image(phase)
+        left = phase.epochs - epoch + sum(p.epochs for p in self.phases[index + 1 :])
+        self.emit(
+            ESTIMATE,
+            {
+                "seconds": cost.remaining(self.phases, index, epoch) / flops_per_s,
+                "images_per_s": images_per_s,
+                "epochs_left": left,
+                "device": str(self.device),
+            },
+        )
 
 
 def device_flops_per_s(device: torch.device) -> float:
