@@ -281,6 +281,20 @@ def test_point_folders_are_shell_safe_readable_and_distinct(tmp_path):
     assert again[0].folder == tmp_path / "out" / "aux_depth=1,downsampling=maxpool"
 
 
+def test_a_points_driver_process_does_not_import_torch():
+    """The process that runs a point's notebook only drives papermill and writes point.json;
+    the kernel trains. Importing torch there cost each point ~4 s on this 2-core machine."""
+    code = (
+        "import sys, workbench.batch.sweep_point as point, workbench.records, papermill\n"
+        "from workbench.batch.notebook import EXPERIMENT_NOTEBOOK\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
 SLOW_GRID = """
 fixed: {n_train: 200, n_test: 100, width: 4, device: cpu, batch_size: 50, epochs: 500}
 grid: {seed: [1, 2]}

@@ -28,8 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from workbench.config import Config, ConfigError
 
 # fields that may differ between a run and its resumption
@@ -148,6 +146,8 @@ def _torch_save(state: dict[str, Any], f: IO[bytes]) -> None:
             f.flush()
 
     try:
+        import torch  # here, not at the top: see load_checkpoint
+
         torch.save(state, Sink())
     except RuntimeError:
         if failed:
@@ -350,6 +350,10 @@ class RunDir:
         path = self.checkpoints / name
         if not path.exists():
             return None
+        # torch is imported where checkpoints are read and written only: the sweep's point
+        # processes import this module for its atomic writes, and torch costs them ~2 s each
+        import torch
+
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
