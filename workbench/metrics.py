@@ -85,10 +85,7 @@ def evaluate(
         with _autocast(x, autocast):
             for module in model.trunk[start:first]:
                 x = module(x)
-            per_module = []
-            for module, head in zip(model.trunk[first:n], model.heads[first:n]):
-                x = module(x)
-                per_module.append(head(x))
+            per_module, x = model.logits_and_output(x, n, first)
         if outputs is not None:
             kept_bytes += x.numel() * x.element_size()
             if kept_bytes > keep_outputs:

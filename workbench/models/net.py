@@ -30,11 +30,17 @@ class LayerwiseNet(nn.Module):
     def per_module_logits(self, x: Tensor, upto: int | None = None, start: int = 0) -> list[Tensor]:
         """The auxiliary predictions of modules start+1..upto, in depth order; x is the input
         of module start+1 (the image when start is 0, a frozen prefix's output otherwise)."""
+        return self.logits_and_output(x, upto, start)[0]
+
+    def logits_and_output(
+        self, x: Tensor, upto: int | None = None, start: int = 0
+    ) -> tuple[list[Tensor], Tensor]:
+        """per_module_logits, and the output of the last module run (module upto's)."""
         logits = []
         for module, head in list(zip(self.trunk, self.heads))[start:upto]:
             x = module(x)
             logits.append(head(x))
-        return logits
+        return logits, x
 
 
 def _orthogonal_init(model: nn.Module, gain: float = 0.1) -> None:
