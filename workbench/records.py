@@ -118,6 +118,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (_dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def read_json_quietly(path: Path) -> dict[str, Any]:
+    """A JSON file as a dict; {} when missing or unreadable (being replaced, hand-edited)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def remove_temporary_files(folder: Path) -> int:
     """Delete the temporary siblings interrupted writes left in `folder` (and one level down)."""
     removed = 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config import Config
-from workbench.records import LOCK_FILE, RESUMABLE_DIFFERENCES, RunFolderError
+from workbench.records import LOCK_FILE, RESUMABLE_DIFFERENCES, RunFolderError, read_json_quietly
 
 # fields that never tell two runs apart for a reader: where the run lives, how fast it went,
 # how its data was read
@@ -120,13 +120,6 @@ def _distinct_tail(name: str, others: Sequence[str]) -> str:
 
 
 # -- the runs under a root -------------------------------------------------------------------
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):  # a half-written or foreign file: shown as unreadable
-        return {}
-
-
 def run_folders(root: str | Path) -> list[Path]:
     """Every run folder (one holding config.json) at or below root, newest first."""
     root = Path(root)
@@ -139,7 +132,7 @@ def run_folders(root: str | Path) -> list[Path]:
 
 def run_status(path: Path, summary: Mapping[str, Any] | None = None) -> str:
     """finished, stopped, failed, running (its lock is held), or interrupted (killed)."""
-    summary = _read(path / "summary.json") if summary is None else summary
+    summary = read_json_quietly(path / "summary.json") if summary is None else summary
     status = summary.get("status")
     if status in ("finished", "stopped", "failed"):
         return str(status)
@@ -165,8 +158,8 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
     """One row per run folder under root, newest first: run_dir, label, status, final and
     per-module test accuracy, wall time, device, epochs done; labels from run_labels."""
     paths = run_folders(root)
-    configs = [_read(p / "config.json") for p in paths]
-    summaries = [_read(p / "summary.json") for p in paths]
+    configs = [read_json_quietly(p / "config.json") for p in paths]
+    summaries = [read_json_quietly(p / "summary.json") for p in paths]
     labels = run_labels(configs, [str(p) for p in paths])
     rows = []
     for path, config, summary, text in zip(paths, configs, summaries, labels):
@@ -198,7 +191,7 @@ def find_same_config(root: str | Path, config: Config) -> list[tuple[Path, str]]
     """(folder, status) of every run of this config under root, newest first."""
     found = []
     for path in run_folders(root):
-        saved = _read(path / "config.json")
+        saved = read_json_quietly(path / "config.json")
         if saved and same_config(saved, config):
             found.append((path, run_status(path)))
     return found

@@ -64,7 +64,6 @@ from workbench.batch.sweep_point import (
     execute_point,
     first_line,
     now,
-    read_json_quietly,
 )
 from workbench.config import ConfigError
 from workbench.records import (
@@ -72,6 +71,7 @@ from workbench.records import (
     atomic_write_bytes,
     atomic_write_json,
     os_reason,
+    read_json_quietly,
     remove_temporary_files,
 )
 from workbench.ui.plotly_js import write_shared_plotly_js

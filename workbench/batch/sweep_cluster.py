@@ -28,7 +28,8 @@ from distributed.comm.addressing import get_address_host
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.worker import thread_state
 
-from workbench.batch.sweep_point import STOPPED_ERROR, first_line, now, read_json_quietly
+from workbench.batch.sweep_point import STOPPED_ERROR, first_line, now
+from workbench.records import read_json_quietly
 
 SCHEDULER_TIMEOUT_S = 5  # an unreachable scheduler is an error after this long, not a hang
 POLL_S = 0.5  # how often a running point looks for a stop

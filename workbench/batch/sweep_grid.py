@@ -24,9 +24,9 @@ from typing import Any
 
 from workbench.batch.compare import read_json, result_columns
 from workbench.batch.notebook import NOTEBOOK_PARAMETERS
-from workbench.batch.sweep_point import FINISHED, read_json_quietly
+from workbench.batch.sweep_point import FINISHED
 from workbench.config import Config, ConfigError, config_fields
-from workbench.records import RESUMABLE_DIFFERENCES, atomic_write_json
+from workbench.records import RESUMABLE_DIFFERENCES, atomic_write_json, read_json_quietly
 
 GRID_KEYS = ("fixed", "grid")
 SET_BY_SWEEP = ("out", *(name for name, *_ in NOTEBOOK_PARAMETERS))  # out, live, out_dir

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench.records import atomic_write_json, read_json_quietly
+
 FINISHED = "finished"
 KERNEL_START_TRIES = 3  # a kernel that fails to start (a port taken meanwhile, say) is retried
 KERNEL_GRACE_S = 3.0  # a stopped kernel's run gets this long to record 'stopped', then SIGKILL
@@ -43,23 +45,12 @@ def first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
-def read_json_quietly(path: Path) -> dict[str, Any]:
-    """A JSON file as a dict; {} when missing or unreadable (being replaced, hand-edited)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def execute_point(job: dict[str, Any]) -> dict[str, Any]:
     """Run one point's notebook with papermill; returns (and writes) its point.json record.
 
     A kernel that dies before any cell ran is started again, up to KERNEL_START_TRIES times;
     an error inside a cell is the point's error, not retried.
     """
-    from workbench.records import atomic_write_json  # here: a Dask worker imports this module
-
     folder, notebook = Path(job["folder"]), Path(job["folder"]) / "experiment.ipynb"
     record: dict[str, Any] = {
         "name": job["name"],
@@ -150,8 +141,6 @@ def _stop_point(signum: int | None = None, frame: Any = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     job, record = _IN_FLIGHT.get("job"), _IN_FLIGHT.get("record")
     if job is not None and record is not None:
-        from workbench.records import atomic_write_json  # imported by execute_point already
-
         _stop_kernels(Path(job["run_dir"]))
         record.update(status="stopped", error=STOPPED_ERROR, finished_at=now())
         with contextlib.suppress(OSError):
