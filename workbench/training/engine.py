@@ -42,6 +42,7 @@ from workbench.training.device import (
 )
 from workbench.training.estimate import CostModel, EstimateMixin, SpeedProbe
 from workbench.training.evaluation import EvaluationMixin, auto_eval_batch_size
+from workbench.training.local import local_loss, make_sgd
 from workbench.training.methods import Phase, learning_rate, plan, restarts_momentum
 from workbench.training.timing import Clock
 
@@ -161,13 +162,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             else:
                 k = int(key)
                 params = [*self.model.trunk[k].parameters(), *self.model.heads[k].parameters()]
-            self.optimizers[key] = torch.optim.SGD(
-                params,
-                lr=self.config.lr,
-                momentum=self.config.momentum,
-                nesterov=self.config.nesterov,
-                weight_decay=self.config.weight_decay,
-            )
+            self.optimizers[key] = make_sgd(params, self.config)
         return self.optimizers[key]
 
     def set_lr(self, keys: list[str], phase: Phase, epoch: float) -> float:
@@ -271,8 +266,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             with self.autocast():  # the forward only; backward follows the forward's dtypes
                 out, energy = self.trained[k](x)
                 logits = self.heads[k](out)
-                ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
-                loss = ce + kinetic_weight(c, k) * energy
+                ce, loss = local_loss(c, k, logits, y, energy)
             opt = self.optimizer(str(k))
             opt.zero_grad(set_to_none=True)
             loss.backward()

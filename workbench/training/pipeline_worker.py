@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench.config import Config
-from workbench.regularizers import kinetic_weight
 from workbench.training.device import autocast_dtype, memory_format
+from workbench.training.local import local_loss, make_sgd
 from workbench.training.methods import Phase, learning_rate, restarts_momentum
 
 QUEUE_DEPTH = 2  # batches in flight between two modules (each inbox's bound)
@@ -69,13 +68,7 @@ class ModuleStep:
         wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
         self.forward, self.classify = wrap(self.trunk.forward_with_kinetic), wrap(self.head)
         self.amp = autocast_dtype(config, self.device)
-        self.optimizer = torch.optim.SGD(
-            [*self.trunk.parameters(), *self.head.parameters()],
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-        )
+        self.optimizer = make_sgd([*self.trunk.parameters(), *self.head.parameters()], config)
 
     def step(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Train on one batch: (output detached, cross-entropy, correct count, loss finite)."""
@@ -89,8 +82,7 @@ class ModuleStep:
         with autocast or contextlib.nullcontext():
             out, energy = self.forward(x)
             logits = self.classify(out)
-            ce = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
-            loss = ce + kinetic_weight(self.config, self.k) * energy
+            ce, loss = local_loss(self.config, self.k, logits, y, energy)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
