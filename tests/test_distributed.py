@@ -203,3 +203,28 @@ def test_bench_only_refuses_an_unknown_section_in_one_line(tmp_path: Path, capsy
     assert main(["bench", "--quick", "--only", "ddp,nonsense", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("workbench bench: error: only: got 'nonsense'") and err.count("\n") == 1
+
+
+def test_the_ranks_agree_on_stopping_every_few_steps_not_at_every_one() -> None:
+    """The stop flag's all-reduce runs at every STOP_CHECK_STEPS-th step only (over a real gloo
+    group, of one process here): a stop set at step 2 is seen by every rank at the next check,
+    and stays seen."""
+    import threading
+
+    import torch.distributed as dist
+
+    from workbench.training.distributed import Ranks, RankStop
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ranks = Ranks(0, 1, 0, torch.device("cpu"), "gloo", dist.group.WORLD)
+        local = threading.Event()
+        stop = RankStop(local, ranks, every=4)
+        seen = []
+        for step in range(1, 8):
+            if step == 2:
+                local.set()
+            seen.append(stop.is_set())
+        assert seen == [False, False, False, False, True, True, True]  # checks at steps 1, 5
+    finally:
+        dist.destroy_process_group()

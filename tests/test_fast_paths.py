@@ -37,9 +37,9 @@ def _weights(run_dir, n_modules: int) -> list[dict[str, torch.Tensor]]:
 
 def test_precision_auto_is_fp32_on_the_cpu(tmp_path):
     config = tiny(tmp_path, n_modules=2)
-    assert device.autocast_dtype(config, CPU) is None
-    assert device.autocast_dtype(config.replace(precision="fp32"), CPU) is None
-    assert device.autocast_dtype(config.replace(precision="bf16"), CPU) is torch.bfloat16
+    assert device.run_precision(config, CPU).dtype is None
+    assert device.run_precision(config.replace(precision="fp32"), CPU).dtype is None
+    assert device.run_precision(config.replace(precision="bf16"), CPU).dtype is torch.bfloat16
     auto = run_experiment(config.replace(out=str(tmp_path / "auto")))
     fp32 = run_experiment(config.replace(out=str(tmp_path / "fp32"), precision="fp32"))
     assert auto["per_module_test_acc"] == fp32["per_module_test_acc"]

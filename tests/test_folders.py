@@ -129,6 +129,8 @@ def test_imagefolder_loads_and_batches_normalized_on_the_device(folder: Path) ->
     _, test_transform, _ = transforms(c)
     first = test_transform(Image.open(data.test.path(0)).convert("RGB"))
     assert torch.allclose(unnormalize(tx[0][:1], data.mean, data.std), first.float(), atol=1e-3)
+    assert multiprocessing.active_children()  # the workers stay for the next epoch
+    train.close()  # the test batches' workers too: they share them
     assert no_workers_left()
 
 
@@ -147,6 +149,7 @@ def test_augmented_batches_are_crops_of_image_size(folder: Path) -> None:
     for batches in (train, test):
         x, y = next(iter(batches))
         assert x.shape == (16, 3, 16, 16) and y.shape == (16,)
+    train.close()
     flat = config(folder, augment="crop-flip", normalization="half")
     _, _, text = transforms(flat)
     assert "RandomCrop(32, padding=4) + horizontal flip" in text["train_transform"]
@@ -218,6 +221,7 @@ def test_tiny_imagenet_layout_loads_with_the_annotated_labels(tmp_path: Path) ->
     assert (red - y.float()).abs().max() < 4  # each val image's colour encodes its label
     xt, yt = next(iter(train))
     assert xt.shape == (64, 3, 16, 16)
+    train.close()
     # ROOT itself may be the folder holding wnids.txt
     again = load_data(c.replace(data_dir=str(base)))
     assert torch.equal(again.test_y, data.test_y)
@@ -376,6 +380,8 @@ def test_epochs_repeat_with_the_seed_whatever_the_workers(folder: Path) -> None:
     assert torch.equal(r1[0], a1[0]) and torch.equal(r1[1], a1[1])
     other, _ = make_batches(data, c.replace(seed=1), CPU)
     assert not torch.equal(epoch(other)[1], a0[1])
+    for batches in (first, again, resumed, other):
+        batches.close()
     assert no_workers_left()
 
 

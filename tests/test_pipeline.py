@@ -71,8 +71,9 @@ def test_a_worker_step_passes_no_gradient_across_the_boundary():
     first = ModuleStep(config, 0, model.trunk[0], model.heads[0], "cpu")
     second = ModuleStep(config, 1, model.trunk[1], model.heads[1], "cpu")
     x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
-    out, ce, correct, finite = first.step(x, y, lr=0.1)
+    out, ce, correct, finite, skipped = first.step(x, y, lr=0.1)
     assert not out.requires_grad and out.is_leaf and out.grad_fn is None
+    assert skipped is None  # fp32: no loss scaler
     assert bool(finite) and 0 <= int(correct) <= 16 and ce.item() > 0
 
     weights = _state(model.trunk[0]) | {f"head.{k}": v for k, v in _state(model.heads[0]).items()}
@@ -173,6 +174,10 @@ def test_pipelined_parallel_learns_and_matches_one_process(tmp_path, trainers):
     ]
     bound = piped["pipeline_staleness_bound"]
     assert bound == QUEUE_DEPTH and max(piped["pipeline_staleness_max"]) <= bound
+    # each worker's own peak, and the run's: this process's and its workers' on one device
+    worker_peaks = piped["pipeline_peak_memory_bytes"]
+    assert len(worker_peaks) == 2 and min(worker_peaks) > 0
+    assert piped["peak_memory_bytes"] > sum(worker_peaks)
     on_disk = json.loads((tmp_path / "run" / "config.json").read_text())
     assert on_disk["pipeline"] is True and on_disk["replay_buffer"] == 0
     for name in ("last.pt", "module_1.pt", "module_2.pt"):

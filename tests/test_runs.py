@@ -109,5 +109,7 @@ def test_the_prior_estimate_grows_with_the_work_and_is_none_for_unknown_sizes():
     large = prior_estimate(Config(dataset="cifar10", epochs=50, arch="vgg11"), cpu)
     assert small is not None and large is not None
     assert large > 1000 * small
-    assert large > 6 * 3600  # full CIFAR-10, VGG-11, 50 epochs per module: hours on a CPU
+    # full CIFAR-10, VGG-11, 50 epochs per module: hours on any CPU (3.1 h at the 390 GFLOP/s
+    # this 2-core AMX Xeon measures; 46 h on the 2-core AVX2 one before it)
+    assert large > 3600
     assert prior_estimate(Config(dataset="imagefolder", data_dir="/nowhere"), cpu) is None

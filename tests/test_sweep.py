@@ -80,7 +80,9 @@ def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("sweep")
     partial_mnist(root)
     (root / "grid.yaml").write_text(GRID)
-    result = workbench("sweep", "grid.yaml", "--out", "out", "--workers", "2", cwd=root)
+    # two GPUs as CUDA names them (none is there: the points train on the CPU), one per worker
+    gpus = {"CUDA_VISIBLE_DEVICES": "5,7"}
+    result = workbench("sweep", "grid.yaml", "--out", "out", "--workers", "2", cwd=root, env=gpus)
     return root, result
 
 
@@ -136,6 +138,8 @@ def test_a_local_cluster_runs_two_points_at_a_time_and_records_the_failing_one(s
         first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]
     )
     assert first["kernel_start_tries"] == second["kernel_start_tries"] == 1
+    # each worker's point process (and its kernel) got a GPU of its own, dealt round robin
+    assert {first["cuda_visible_devices"], second["cuda_visible_devices"]} == {"5", "7"}
     assert (out / "grid.yaml").read_text() == GRID
 
 

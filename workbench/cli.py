@@ -69,11 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     from workbench.batch.reproduce import add_reproduce_arguments
     from workbench.batch.sweep import add_sweep_arguments
     from workbench.bench import add_bench_arguments
+    from workbench.doctor import add_doctor_arguments
 
     add_sweep_arguments(commands.add_parser("sweep", help="run a grid of experiments"))
     add_bench_arguments(commands.add_parser("bench", help="benchmark the training methods"))
     add_reproduce_arguments(
         commands.add_parser("reproduce", help="paper presets' runs beside the papers' numbers")
+    )
+    add_doctor_arguments(
+        commands.add_parser("doctor", help="check that the workbench works here, and how fast")
     )
     return parser
 
@@ -196,6 +200,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from workbench.batch.reproduce import reproduce_main
 
         return reproduce_main(args)
+    if args.command == "doctor":
+        from workbench.doctor import doctor_main
+
+        return doctor_main(args)
     from workbench.training import run_experiment  # torch import only when training
 
     stop = threading.Event()

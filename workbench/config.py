@@ -67,7 +67,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
 INITS = ("default", "orthogonal", "kaiming")
 EVAL_PROTOCOLS = ("last", "trgl-best")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+GPU_DECODES = ("auto", "true", "false")
 MAX_AUX_DEPTH = 4
 # fields whose value comes from a fixed list: validation, the panel's dropdowns and help read it
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
@@ -87,6 +88,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "eval_protocol": EVAL_PROTOCOLS,
     "device": DEVICES,
     "precision": PRECISIONS,
+    "gpu_decode": GPU_DECODES,
 }
 
 
@@ -102,7 +104,8 @@ class Config:
     augment: str = "auto"  # auto = the papers' choice for the dataset (crop+flip on CIFAR)
     normalization: str = "dataset"  # dataset (its training set's mean/std), or a paper's values
     image_size: int = 0  # streamed datasets: the training crop; 0 = the dataset's (224, Tiny 64)
-    data_workers: int = 0  # streamed datasets: DataLoader worker processes; 0 = CPU cores, <= 8
+    data_workers: int = 0  # streamed: loader processes, kept all run; 0 = a core each (CPU: <= 8)
+    gpu_decode: str = "auto"  # true: decode JPEGs on the GPU; false: in workers; auto: on CUDA
     allow_modified_copy: bool = False  # accept files whose checksums differ from the originals
     # model
     arch: str = "greedy-cnn"
@@ -145,7 +148,8 @@ class Config:
     probe: bool = False  # after training, fit a linear probe on each module's features (Ma et al.)
     device: str = "auto"
     # speed (see `workbench bench`); none of these changes what is computed beyond rounding
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on the CPU; or fp32, bf16
+    precision: str = "auto"  # auto: by GPU (bf16 from 8.0, fp16 on 7.x), fp32 on the CPU
+    tf32: bool = True  # fp32 convolutions and matmuls as TF32 on GPUs that have it (8.0+)
     channels_last: bool = True  # NHWC tensors: on CUDA, and on the CPU for plain trunks
     compile: bool = False  # torch.compile each module and head
     cache_features: bool = False  # sequential without augmentation: run the frozen prefix once
@@ -311,7 +315,18 @@ def _validate_data(c: Config) -> None:
         )
     if c.image_size and (c.image_size < 8 or c.image_size % 2):
         raise ConfigError(f"image_size: got {c.image_size}; allowed: 0 or an even size >= 8")
-    _at_least("data_workers", c.data_workers, 0, "0 (one per CPU core, up to 8) or a count")
+    _at_least("data_workers", c.data_workers, 0, "0 (one per CPU core) or a count")
+    if c.gpu_decode == "true" and not info.streamed:
+        raise ConfigError(
+            f"gpu_decode: got 'true' for {c.dataset}, which is held in memory; allowed: auto or "
+            f"false (decoding image files on the GPU is for the streamed datasets: "
+            f"{', '.join(streamed)})"
+        )
+    if c.gpu_decode == "true" and c.device == "cpu":
+        raise ConfigError(
+            "gpu_decode: got 'true' with device 'cpu'; allowed: auto or false (decoding on the "
+            "device needs a CUDA GPU)"
+        )
     if c.resolved_augment == "resized-crop-flip" and not info.streamed:
         raise ConfigError(
             f"augment: got 'resized-crop-flip' for {c.dataset}; allowed: none, crop, crop-flip "

@@ -21,8 +21,10 @@ NON_EXPERIMENT_FIELDS = (
     "device",
     "data_dir",
     "data_workers",
+    "gpu_decode",
     "allow_modified_copy",
     "precision",
+    "tf32",
     "channels_last",
     "compile",
     "eval_batch_size",
@@ -125,8 +127,9 @@ _K_IMAGENET = (
     "Belilovsky et al. k={k} on ImageNet (paper: {acc}% top-1 of the last layer on the "
     "validation set, last epoch, center crop 224): layerCNN's `{script} --ncnn 8{nlin}`: psi on "
     "the 224 px input, 8 conv layers from width {w}{bn}, psi before layers {down}; {head}. "
-    "Deviations: {dev} The reference trains in fp32; on a GPU the workbench uses bf16 autocast "
-    "unless --precision fp32."
+    "Deviations: {dev} The reference trains in fp32; on a GPU the workbench uses mixed "
+    "precision (bf16 from compute capability 8.0, fp16 with loss scaling on 7.x) unless "
+    "--precision fp32."
 )
 
 PRESETS: dict[str, Preset] = {
@@ -317,7 +320,8 @@ PRESETS: dict[str, Preset] = {
         "dropout) on the last layer, He-normal init; 50 epochs, lr 0.1 / 10 every 10 epochs "
         "with a fresh SGD per layer, wd 1e-4, batch 256, random resized crops of 224. No number "
         "quoted here (see the paper's ImageNet table). The reference trains in fp16 with loss "
-        "scaling; the workbench uses bf16 autocast on a GPU.",
+        "scaling; the workbench uses bf16 autocast on GPUs from compute capability 8.0 (fp16 "
+        "with loss scaling on 7.x, as the reference; --precision fp16 asks for it anywhere).",
         dict(
             dataset="imagenet",
             arch="vgg13",

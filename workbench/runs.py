@@ -29,10 +29,12 @@ NOT_LABELS = (
     "data_dir",
     "device",
     "precision",
+    "tf32",
     "channels_last",
     "compile",
     "eval_batch_size",
     "data_workers",
+    "gpu_decode",
     "allow_modified_copy",
 )
 # the fields a reader looks for first, so a label cut short keeps them

@@ -182,6 +182,8 @@ def _run_points(
     outcome = SweepOutcome(results, [], [], skipped)
     if not todo:  # nothing to run: no cluster to start
         return outcome
+    from workbench.batch.sweep_cluster import visible_gpus  # with Dask, not on import
+
     jobs = {
         p.name: {
             "name": p.name,
@@ -194,6 +196,8 @@ def _run_points(
             "attempt": attempts[p.name],
             # here: split this machine's cores; on a cluster each worker splits its host's
             "thread_env": _thread_env(workers) if scheduler is None else None,
+            # here: a GPU per worker, round robin; a cluster's workers are given theirs by it
+            "gpus": visible_gpus() if scheduler is None else None,
         }
         for p in todo
     }

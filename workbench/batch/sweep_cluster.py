@@ -133,6 +133,33 @@ def threads_on_this_host(worker: Any) -> int:
     return max(1, len(mine) // max(1, sharing))
 
 
+def visible_gpus() -> list[str]:
+    """This machine's GPUs as CUDA_VISIBLE_DEVICES names them, without importing torch: the
+    variable's own list where it is set (up to an entry such as -1, which hides the rest, as
+    CUDA reads it), else one per GPU the NVIDIA driver lists (/proc/driver/nvidia/gpus)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        gpus = []
+        for name in (part.strip() for part in listed.split(",")):
+            if not name or name.startswith("-"):
+                break
+            gpus.append(name)
+        return gpus
+    try:
+        return [str(i) for i in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
+    except OSError:
+        return []
+
+
+def gpu_of_worker(gpus: list[str], worker_name: Any) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES for a LocalCluster's worker `worker_name` (0, 1, ...): the GPUs
+    dealt round robin, so N workers on N GPUs train one point each on a GPU of its own (more
+    workers than GPUs share them); {} without GPUs, or for a worker not named by a number."""
+    if not gpus or not str(worker_name).isdigit():
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": gpus[int(worker_name) % len(gpus)]}
+
+
 def usable_cpus() -> list[int]:
     """The CPUs this process may run on."""
     if hasattr(os, "sched_getaffinity"):
@@ -170,6 +197,7 @@ def run_point(job: dict[str, Any], stop_event: str) -> dict[str, Any]:
     threads = job.pop("thread_env", None) or dict.fromkeys(
         THREAD_VARIABLES, str(threads_on_this_host(worker))
     )
+    gpu = gpu_of_worker(job.pop("gpus", None) or [], worker.name)  # a LocalCluster's point
     folder = Path(job["folder"])
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "kernel.log", "ab") as log:  # the point's and its kernel's stderr
@@ -178,7 +206,7 @@ def run_point(job: dict[str, Any], stop_event: str) -> dict[str, Any]:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=log,
-            env={**os.environ, **threads},
+            env={**os.environ, **threads, **gpu},
             start_new_session=True,  # out of the terminal's reach: the sweep stops it
         )
     with process:

@@ -63,6 +63,8 @@ def execute_point(job: dict[str, Any]) -> dict[str, Any]:
         "worker": job.get("worker"),
         "pid": os.getpid(),
         "attempt": job["attempt"],
+        # the GPU(s) this point and its kernel see (a LocalCluster deals one per worker)
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
     _IN_FLIGHT.update(job=job, record=record)  # what a SIGTERM must stop and record
     atomic_write_json(folder / "point.json", record)

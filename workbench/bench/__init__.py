@@ -20,6 +20,10 @@ DIR/bench.md the tables; both are written atomically. The sections (any can be -
     ddp         one run in 2 torchrun processes against 1 process (--quick skips it; pick it
                 with --only ddp)
     compile     torch.compile: compile time and steady-state speed (minutes on a CPU)
+    loader      a streamed dataset's loader alone (images/s; PIL in the workers, and on CUDA
+                decode_jpeg on the device) against the net's training steps: which is the
+                bottleneck (the one section for a streamed dataset: --only loader --dataset
+                imagefolder --data-dir ROOT; skipped for datasets held in memory)
 """
 
 from __future__ import annotations

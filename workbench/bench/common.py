@@ -14,6 +14,7 @@ SECTIONS = (
     "pipeline",
     "ddp",
     "compile",
+    "loader",
 )
 METHODS = ("sequential", "parallel", "end-to-end")
 WITH_GRAD = "sequential, prefix with grad"  # the memory the frozen prefix's no_grad saves

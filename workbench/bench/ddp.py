@@ -79,11 +79,8 @@ class DDPSections:
         config.write_text(
             self.config.replace(method="sequential", out=str(folder / "run")).to_json()
         )
-        command = [sys.executable, "-m", "workbench", "run", "--config", str(config), "--quiet"]
-        if processes > 1:
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--master-addr", "127.0.0.1"]
-            launcher += ["--master-port", str(free_port()), "--nproc-per-node", str(processes)]
-            command = [*launcher, *command[1:]]  # torchrun runs `python -m workbench ...`
+        args = ["workbench", "run", "--config", str(config), "--quiet"]
+        command = torchrun(processes, *args) if processes > 1 else [sys.executable, "-m", *args]
         env = dict(os.environ)
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -109,11 +106,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_bounded(command: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """Run `command` to its end: (exit code, output). Past `timeout` seconds it and every
-    process below it (torchrun's workers sit in sessions of their own) are killed."""
+def torchrun(processes: int, *args: str) -> list[str]:
+    """The command running `python -m ARGS` in `processes` torchrun processes on 127.0.0.1
+    (torchrun as this interpreter's module: no launcher on PATH needed)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--master-addr", "127.0.0.1",
+        "--master-port", str(free_port()), "--nproc-per-node", str(processes), "-m", *args,
+    ]  # fmt: skip
+
+
+def run_bounded(
+    command: list[str], env: dict[str, str], timeout: float, cwd: str | Path | None = None
+) -> tuple[int, str]:
+    """Run `command` to its end: (exit code, output). Past `timeout` seconds (exit code 124),
+    or on Ctrl-C, it and every process below it (torchrun's workers sit in sessions of their
+    own) are stopped: SIGTERM first (torchrun passes it on, the runs stop cleanly), then
+    SIGKILL."""
     process = subprocess.Popen(
         command,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -124,16 +135,24 @@ def run_bounded(command: list[str], env: dict[str, str], timeout: float) -> tupl
         output, _ = process.communicate(timeout=timeout)
         return process.returncode, output
     except subprocess.TimeoutExpired:
-        below = descendants(process.pid)
-        process.send_signal(signal.SIGTERM)  # torchrun passes it on: the runs stop cleanly
-        time.sleep(min(10.0, timeout))
-        for pid in [process.pid, *below]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _stop_tree(process, grace_s=min(10.0, timeout))
         output, _ = process.communicate()
         return 124, output + f"\n(killed after {timeout:.0f} s)"
+    except BaseException:  # Ctrl-C: nothing is left behind
+        _stop_tree(process, grace_s=0.0)
+        process.wait()
+        raise
+
+
+def _stop_tree(process: subprocess.Popen, grace_s: float) -> None:
+    below = descendants(process.pid)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(grace_s)
+    for pid in [process.pid, *below]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def descendants(pid: int) -> list[int]:

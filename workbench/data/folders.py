@@ -1,10 +1,12 @@
-"""Streamed datasets: ImageNet-size folders of image files, decoded batch by batch in workers.
+"""Streamed datasets: ImageNet-size folders of image files, read batch by batch by workers.
 
 load_streamed() scans a folder layout (torchvision's ImageFolder, its ImageNet, Tiny ImageNet)
 into lists of files and labels, refuses bad input in one line before any training, subsets it
-like the in-memory datasets and estimates the normalization. make_streamed_batches() then gives
-the engine StreamedBatches (streaming.py), which decode, crop and flip each batch in DataLoader
-worker processes and normalize it on the device.
+like the in-memory datasets and estimates the normalization. make_streamed_batches() and
+make_statistics_batches() then give the engine StreamedBatches (streaming.py) that share one
+pool of DataLoader worker processes for the whole run: the workers decode, crop and flip each
+batch with PIL, or (gpu_decode) read the files for the device to decode and augment
+(device_decode.py); the device normalizes it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,16 @@ from workbench.data import (
     evaluation_indices,
     test_split_description,
 )
+from workbench.data.device_decode import EncodedReader, decodes_on_device
 from workbench.data.streaming import (
+    EpochKeys,
     FileList,
+    PixelReader,
+    ReaderPool,
     StreamedBatches,
-    _uint8_batches,
+    build_transform,
+    read_with_own_workers,
+    transform_specs,
     transforms,
     worker_count,
 )
@@ -43,8 +51,6 @@ CHECK_SAMPLE = 2_000  # above it, a seeded sample this big (the rest fail when r
 STATS_SAMPLE = 2_000  # normalization "dataset": training images the mean and std come from
 # fixed, not the run's seed: runs of every seed see the same normalization and checked sample
 SAMPLE_SEED = 0
-MAX_WORKERS = 8  # data_workers=0: one worker per CPU core, at most this many
-CROP_PADDING = 4  # crop-flip: pixels of zero padding the random crop shifts within (TRGL)
 EXTENSIONS = ", ".join(IMG_EXTENSIONS)
 FOLDER_LAYOUT = "a folder holding train/<class>/ and val/<class>/ folders of images"
 IMAGENET_LAYOUT = (
@@ -69,6 +75,8 @@ class StreamedData:
     mean: tuple[float, ...]  # per channel, of pixel / 255 (estimated from a training sample)
     std: tuple[float, ...]
     provenance: dict[str, Any]  # JSON-serialisable: where the data came from and how much
+    # the loader worker pools its batches share (one per run: see shared_pool)
+    pools: dict[tuple, ReaderPool] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def train_y(self) -> Tensor:
@@ -297,10 +305,9 @@ def estimate_stats(
     n = min(STATS_SAMPLE, len(files))
     sample = files.subset(_balanced_indices(files.labels, n, SAMPLE_SEED))
     counts: Tensor | None = None
-    batches = _uint8_batches(
-        sample, transform, torch.arange(n), batch_size=64, seed=0, workers=workers, pin=False
-    )
-    for x, _ in batches:
+    keys = EpochKeys(sample, list(torch.arange(n).split(64)), "stats", seed=0)
+    reader = PixelReader({"stats": transform})  # before training: workers of its own
+    for x in read_with_own_workers(reader, keys, workers=workers, pin=False):
         channels = x.transpose(0, 1).reshape(x.shape[1], -1)
         hist = torch.stack([torch.bincount(c, minlength=256) for c in channels]).double()
         counts = hist if counts is None else counts + hist
@@ -355,7 +362,10 @@ def load_streamed(config: Config) -> StreamedData:
     split = test_split_description(len(test), config)
     test = test.subset(evaluation_indices(len(test), config))
 
-    workers = worker_count(config)
+    # the device the run will have (torchrun's ranks: a GPU each, where there are GPUs)
+    device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
+    on_device = decodes_on_device(config, device)  # gpu_decode true on a CPU run: refused now
+    workers = worker_count(config, device)
     checks = {
         "layout": "split folders present, every class folder holds images, at least 2 classes, "
         "test classes are training classes",
@@ -383,39 +393,60 @@ def load_streamed(config: Config) -> StreamedData:
     provenance.update(subset_seed=config.seed if subset else None, test_split=split)
     provenance.update(normalization=normalization, checks=checks, image_size=config.input_size)
     provenance.update(augment=config.resolved_augment, **transform_text, data_workers=workers)
+    provenance["decode"] = EncodedReader.how if on_device else PixelReader.how
     return StreamedData(train, test, len(classes), classes, class_names, mean, std, provenance)
+
+
+def shared_pool(data: StreamedData, config: Config, device: torch.device) -> ReaderPool:
+    """The run's one pool of loader workers: its training, test and statistics batches share it.
+
+    Kept on `data`, which all three are made from, by what the workers do (transforms, decoder,
+    worker count, device); the provenance says how many workers and where images are decoded.
+    """
+    device = torch.device(device)
+    on_device = decodes_on_device(config, device)
+    workers = worker_count(config, device)
+    train, test = transform_specs(config)
+    key = (train, test, on_device, workers, str(device))
+    if key not in data.pools:
+        specs = {"train": train, "test": test}
+        reader: EncodedReader | PixelReader
+        if on_device:
+            reader = EncodedReader(specs)
+        else:
+            reader = PixelReader({name: build_transform(spec) for name, spec in specs.items()})
+        data.pools[key] = ReaderPool(reader, workers=workers, pin=device.type == "cuda")
+    data.provenance.update(data_workers=workers, decode=data.pools[key].reader.how)
+    return data.pools[key]
 
 
 def make_streamed_batches(
     data: StreamedData, config: Config, device: torch.device, eval_batch_size: int
 ) -> tuple[StreamedBatches, StreamedBatches]:
     """The training batches (shuffled, augmented, seeded by config.seed) and the test batches."""
-    train_transform, test_transform, _ = transforms(config)
     common: dict[str, Any] = dict(
+        pool=shared_pool(data, config, device),
         batch_size=config.batch_size,
         device=device,
         mean=data.mean,
         std=data.std,
-        workers=worker_count(config),
     )
-    train = StreamedBatches(
-        data.train, transform=train_transform, shuffle=True, seed=config.seed, **common
-    )
+    train = StreamedBatches(data.train, transform="train", shuffle=True, seed=config.seed, **common)
     common["batch_size"] = eval_batch_size
-    return train, StreamedBatches(data.test, transform=test_transform, **common)
+    return train, StreamedBatches(data.test, transform="test", **common)
 
 
 def make_statistics_batches(
     data: StreamedData, config: Config, device: torch.device, keep: Tensor
 ) -> StreamedBatches:
-    """The training images at `keep`, test transform, in order (for BatchNorm re-estimates)."""
-    _, test_transform, _ = transforms(config)
+    """The training images at `keep`, test transform, in order (for BatchNorm re-estimates),
+    read by the same workers as the run's training and test batches."""
     return StreamedBatches(
         data.train.subset(keep),
-        transform=test_transform,
+        pool=shared_pool(data, config, device),
+        transform="test",
         batch_size=config.batch_size,
         device=device,
         mean=data.mean,
         std=data.std,
-        workers=worker_count(config),
     )

@@ -44,6 +44,7 @@ class CheckpointMixin:
         state = self.resume_point(phase_index, epochs_done, metrics_rows, elapsed)
         state["model"] = self.model.state_dict()
         state["optimizers"] = {k: o.state_dict() for k, o in self.optimizers.items()}
+        state["scalers"] = {k: s.state_dict() for k, s in self.scalers.items()}  # fp16's
         self.run.save_checkpoint(LAST, state)
 
     def save_module(self, k: int, resume: dict[str, Any] | None) -> None:
@@ -73,10 +74,18 @@ class CheckpointMixin:
         self.model.load_state_dict(state["model"])
         for key, opt_state in state["optimizers"].items():
             self.optimizer(key).load_state_dict(opt_state)
+        self.load_scalers(state.get("scalers", {}))  # none before fp16 runs existed
         phase, done = self.restore_point(state)
         start = (phase + 1, 0) if done == self.phases[phase].epochs else (phase, done)
         self.rewrite_missing_modules(*start)
         return start
+
+    def load_scalers(self, states: dict[str, dict[str, Any]]) -> None:
+        """The fp16 loss scalers' states (a run resumed in another precision ignores them)."""
+        for key, scaler_state in states.items():
+            scaler = self.scaler(key)
+            if scaler is not None and scaler_state:  # {}: a scaler that never scaled a loss
+                scaler.load_state_dict(scaler_state)
 
     def restore_point(self, state: dict[str, Any]) -> tuple[int, int]:
         """Take up a resume_point; returns its (phase index, epochs done)."""

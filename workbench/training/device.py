@@ -1,10 +1,12 @@
-"""Where and how a run computes: the device, its precision and memory format, free memory."""
+"""Where and how a run computes: the device, its precision, its CUDA settings, memory format."""
 
 from __future__ import annotations
 
-import os
-import resource
-import sys
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,13 +34,110 @@ def check_speed_options(config: Config) -> None:
         )
 
 
-def autocast_dtype(config: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default (where bf16 is native), on the CPU only when asked."""
-    if config.precision == "bf16":
-        return torch.bfloat16
-    if config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+PRECISION_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a run computes in, and why (summary.json records both)."""
+
+    name: str  # fp32, bf16 or fp16
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype; None for fp32 (no autocast at all)."""
+        return PRECISION_DTYPES[self.name]
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the loss is scaled (torch.amp.GradScaler): fp16's small gradients would
+        underflow to zero without it; bf16 has fp32's range and needs none."""
+        return self.name == "fp16"
+
+
+def choose_precision(requested: str, capability: tuple[int, int] | None) -> Precision:
+    """The precision a run computes in: `requested` (the config's precision) on a device of
+    this CUDA compute capability (None: the CPU). A pure function of the two.
+
+    auto: bf16 autocast from capability 8.0 (A100, H100, RTX 30xx on: native bf16 tensor
+    cores); fp16 autocast with loss scaling on 7.x (V100, T4, RTX 20xx: fp16 tensor cores, and
+    cuDNN has no bf16 convolutions below 8.0, so bf16 would fall back to slow kernels); fp32
+    below 7.0 (no tensor cores) and on the CPU (bf16 measured 0.04-0.08x fp32 on a CPU without
+    native bf16). An explicit fp32, bf16 or fp16 is taken as asked.
+    """
+    where = "the CPU" if capability is None else "compute capability {}.{}".format(*capability)
+    if requested != "auto":
+        reason = f"precision={requested} asked for, on {where}"
+        if requested == "bf16" and capability is not None and capability[0] < 8:
+            reason += " (no native bf16 below 8.0: emulated, slow)"
+        return Precision(requested, reason)
+    if capability is None:
+        return Precision("fp32", "auto on the CPU: fp32 (bf16 is emulated on most CPUs)")
+    if capability[0] >= 8:
+        return Precision("bf16", f"auto on {where}: native bf16 tensor cores")
+    if capability[0] == 7:
+        return Precision(
+            "fp16", f"auto on {where}: fp16 tensor cores, no native bf16; fp16 with loss scaling"
+        )
+    return Precision("fp32", f"auto on {where}: no tensor cores")
+
+
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    """The device's CUDA compute capability; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
+
+
+def run_precision(config: Config, device: torch.device) -> Precision:
+    """The precision `config` runs in on `device` (the run's device, not the current one)."""
+    return choose_precision(config.precision, device_capability(device))
+
+
+def tf32_in_effect(tf32: bool, capability: tuple[int, int] | None) -> bool:
+    """Whether fp32 convolutions and matmuls run as TF32: asked for (config.tf32) on a GPU that
+    has TF32 tensor cores (compute capability 8.0 and above)."""
+    return tf32 and capability is not None and capability[0] >= 8
+
+
+def backend_settings(device: torch.device, tf32: bool) -> list[tuple[Any, str, Any]]:
+    """(object, attribute, value) of the process-wide CUDA settings a run on `device` uses:
+    cuDNN's autotuner (each run's shapes are fixed, its case), and TF32 chosen alike for
+    convolutions and matmuls (PyTorch's defaults differ: TF32 convolutions, fp32 matmuls, so
+    the VGG and MLP heads ran at a fraction of the convolutions' speed). None on the CPU."""
+    if device.type != "cuda":
+        return []
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch 2.9+: mixing it with allow_tf32 is an error
+        value = "tf32" if tf32 else "ieee"
+        tf32_flags = [(matmul, "fp32_precision", value), (cudnn.conv, "fp32_precision", value)]
+    else:
+        tf32_flags = [(matmul, "allow_tf32", tf32), (cudnn, "allow_tf32", tf32)]
+    return [(cudnn, "benchmark", True), *tf32_flags]
+
+
+@contextlib.contextmanager
+def applied(settings: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    """The settings made for the block, and put back as they were after it (a notebook's
+    later cells see the kernel's own)."""
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in settings]
+    try:
+        for obj, name, value in settings:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
+
+
+def make_scaler(precision: Precision, device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler for an fp16 run (one per optimizer: each module skips its own steps)."""
+    return torch.amp.GradScaler(device.type) if precision.scaled else None
 
 
 def memory_format(config: Config, device: torch.device) -> torch.memory_format:
@@ -60,23 +159,13 @@ def evaluation_memory_format(config: Config, device: torch.device) -> torch.memo
     return torch.channels_last if config.channels_last else torch.contiguous_format
 
 
-def free_memory_bytes(device: torch.device) -> int:
-    """Free device memory on CUDA; the RAM the kernel says is available on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # free pages: a floor
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """Waits for the work `device` has queued (nothing to wait for on the CPU). It holds the
+    device alone, so whatever keeps it (a run's Clock) keeps no run's model or data alive."""
+    if device.type != "cuda":
+        return _nothing
+    return functools.partial(torch.cuda.synchronize, device)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA's max allocated bytes on a GPU; the process's peak resident set on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+def _nothing() -> None:
+    return None

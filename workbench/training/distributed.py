@@ -18,9 +18,9 @@ and trains the same model from the same seed:
   progress. summary.json records `world_size` (1 for a plain run). Training losses and
   accuracies are summed over the ranks; evaluation runs on every rank over the whole test
   set with the same weights (so no rank waits on another), and rank 0 records it.
-- stop: at every step the ranks all-reduce their stop flags, so a stop on any rank (the time
-  estimate's gate, a SIGINT or SIGTERM, which torchrun forwards to every rank) ends them all
-  at the same step, status 'stopped'.
+- stop: every STOP_CHECK_STEPS steps the ranks all-reduce their stop flags, so a stop on any
+  rank (the time estimate's gate, a SIGINT or SIGTERM, which torchrun forwards to every rank)
+  ends them all at the same step, status 'stopped'.
 - resume: rank 0 loads the checkpoint and broadcasts the state it restored to the others, so
   their machines need not see the run folder.
 
@@ -158,20 +158,31 @@ def _catch_stop_signals() -> dict[int, Any]:
     return {s: signal.signal(s, stop_at_next_step) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
+STOP_CHECK_STEPS = 8  # the ranks agree on stopping every this many steps, not at every one
+
+
 class RankStop:
     """The ranks' shared stop flag: `is_set` is true on every rank once any rank's own flag is
-    set (or a signal came). Every rank calls it at the same step: it is a collective."""
+    set (or a signal came). Every rank calls it at the same steps; every STOP_CHECK_STEPS-th
+    call (the first included) is a collective over the host group, and the calls between
+    return False without one, so a stop takes at most that many steps to reach every rank."""
 
-    def __init__(self, local: threading.Event, ranks: Ranks):
-        self.local, self.ranks = local, ranks
+    def __init__(self, local: threading.Event, ranks: Ranks, every: int = STOP_CHECK_STEPS):
+        self.local, self.ranks, self.every = local, ranks, every
+        self.calls = 0
+        self.agreed = False  # the ranks agreed to stop (every rank learns it at the same call)
 
     def set(self) -> None:
         self.local.set()
 
     def is_set(self) -> bool:
+        self.calls += 1
+        if self.agreed or (self.calls - 1) % self.every:
+            return self.agreed
         flag = torch.tensor([int(self.local.is_set() or _SIGNALLED.is_set())], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ranks.host_group)
-        return bool(flag.item())
+        self.agreed = bool(flag.item())
+        return self.agreed
 
 
 # -- the run folder ------------------------------------------------------------------------------
@@ -367,6 +378,7 @@ class DistributedTrainer(Trainer):
             {
                 "model": self.model.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
                 "global_epoch": self.global_epoch,
                 "test_acc": self.test_acc,
                 "test_top5": self.test_top5,
@@ -381,6 +393,7 @@ class DistributedTrainer(Trainer):
         self.model.load_state_dict(state["model"])  # copied into the parameters DDP holds
         for key, optimizer_state in state["optimizers"].items():
             self.optimizer(key).load_state_dict(optimizer_state)
+        self.load_scalers(state["scalers"])
         self.global_epoch, self.best = state["global_epoch"], state["best"]
         self.test_acc, self.test_top5 = dict(state["test_acc"]), dict(state["test_top5"])
         self.elapsed_before = state["elapsed_before"]

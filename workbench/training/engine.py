@@ -29,22 +29,27 @@ from workbench.events import (
     Callback,
     StopRequested,
 )
+from workbench.memory import free_memory_bytes, peak_memory_bytes
 from workbench.models import LayerwiseNet
 from workbench.records import RunDir, RunFailed
 from workbench.regularizers import kinetic_weight
 from workbench.training.checkpoints import CheckpointMixin
 from workbench.training.device import (
-    autocast_dtype,
     evaluation_memory_format,
-    free_memory_bytes,
+    make_scaler,
     memory_format,
-    peak_memory_bytes,
+    run_precision,
+    synchronizer,
 )
 from workbench.training.estimate import CostModel, EstimateMixin, SpeedProbe
 from workbench.training.evaluation import EvaluationMixin, auto_eval_batch_size
-from workbench.training.local import local_loss, make_sgd
+from workbench.training.local import local_loss, make_sgd, update
 from workbench.training.methods import Phase, learning_rate, plan, restarts_momentum
 from workbench.training.timing import Clock
+
+# fp16: a loss scale this small means 24 more skipped steps (inf or NaN gradients) than the
+# scaler grew back from its start at 2^16: gradients that overflow fp16 even scaled far down
+MIN_LOSS_SCALE = 2.0**-8
 
 
 class Diverged(RunFailed):
@@ -95,7 +100,9 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         self.callbacks = list(callbacks)
         self.stop = stop or threading.Event()
         self.clock = clock or Clock()
-        self.clock.sync = self.synchronize
+        # the device alone, not this Trainer: a Trainer -> clock -> Trainer cycle would keep a
+        # finished run's model and data on the GPU until the cyclic garbage collector ran
+        self.clock.sync = synchronizer(device)
         self.eval_batch_size = config.eval_batch_size or auto_eval_batch_size(
             model, self.sample_image(), config.batch_size
         )
@@ -104,6 +111,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         )
         self.end_to_end = config.method == "end-to-end"
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.scalers: dict[str, torch.amp.GradScaler] = {}  # fp16: each optimizer's loss scaler
         self.test_acc: dict[int, float] = {}  # latest test accuracy per module (1-indexed)
         self.test_top5: dict[int, float] = {}
         # TRGL's protocol: the best (accuracy, top-5, global epoch, module) seen so far
@@ -113,7 +121,8 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         self.session_start: float | None = None
         self.phases = plan(config)
         # speed: none of these changes what is computed beyond rounding
-        self.amp = autocast_dtype(config, device)
+        self.precision = run_precision(config, device)
+        self.amp = self.precision.dtype
         self.memory_format = memory_format(config, device)
         self.eval_memory_format = evaluation_memory_format(config, device)
         model.to(memory_format=self.memory_format)
@@ -127,6 +136,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         # per step and trained module, whether its loss was finite: written on the device by
         # each step, read by the host only when an epoch's losses are not all finite
         self.finite: Tensor | None = None
+        self.skipped: Tensor | None = None  # fp16: per trained module, steps the scaler skipped
         self.step_index = 0
         self.estimated = not self.callbacks  # the time estimate is for watchers: one per run
         self.cost: CostModel | None = None  # FLOPs per image, for the estimates (lazy)
@@ -162,8 +172,28 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             else:
                 k = int(key)
                 params = [*self.model.trunk[k].parameters(), *self.model.heads[k].parameters()]
-            self.optimizers[key] = make_sgd(params, self.config)
+            self.optimizers[key] = make_sgd(params, self.config, fused=self.precision.scaled)
         return self.optimizers[key]
+
+    def scaler(self, key: str) -> torch.amp.GradScaler | None:
+        """The loss scaler of optimizer `key` in an fp16 run; None otherwise."""
+        if key not in self.scalers:
+            scaler = make_scaler(self.precision, self.device)
+            if scaler is None:
+                return None
+            self.scalers[key] = scaler
+        return self.scalers[key]
+
+    def step_optimizer(self, i: int, key: str, loss: Tensor) -> None:
+        """Backward and step of optimizer `key`, the phase's i-th trained module's; a step the
+        loss scaler skipped is counted on the device."""
+        skipped = update(loss, self.optimizer(key), self.scaler(key))
+        if skipped is not None and self.skipped is not None:
+            self.skipped[i] += skipped
+
+    def optimizer_keys(self, phase: Phase) -> list[str]:
+        """The optimizers a phase steps: the whole net's end-to-end, else each module's."""
+        return ["all"] if self.end_to_end else [str(k) for k in phase.modules]
 
     def set_lr(self, keys: list[str], phase: Phase, epoch: float) -> float:
         lr = learning_rate(self.config, phase.first_epoch + epoch, phase.total_epochs)
@@ -195,6 +225,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         if phase.lap == self.phases[-1].lap:  # these modules never train again
             for k in phase.modules:
                 self.optimizers.pop(str(k), None)
+                self.scalers.pop(str(k), None)
                 for p in [*self.model.trunk[k].parameters(), *self.model.heads[k].parameters()]:
                     p.grad = None
 
@@ -267,10 +298,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
                 out, energy = self.trained[k](x)
                 logits = self.heads[k](out)
                 ce, loss = local_loss(c, k, logits, y, energy)
-            opt = self.optimizer(str(k))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            self.step_optimizer(i, str(k), loss)
             x = out.detach()  # no gradient crosses a module boundary
             stats[i] += torch.stack([ce.detach() * len(y), (logits.argmax(-1) == y).sum()])
             self.note_finite(i, loss)
@@ -289,10 +317,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
                 losses.append(ce)
                 stats[k] += torch.stack([ce.detach() * len(y), (logits.argmax(-1) == y).sum()])
             total = torch.stack(losses).sum() + energy
-        opt = self.optimizer("all")
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
+        self.step_optimizer(0, "all", total)
         for k, ce in enumerate(losses):
             self.note_finite(k, ce)
         self.note_finite(last, total)  # the kinetic term: charged to the module backprop ends at
@@ -310,13 +335,15 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         for k in phase.modules:
             model.trunk[k].train()
             model.heads[k].train()
-        keys = ["all"] if self.end_to_end else [str(k) for k in phase.modules]
+        keys = self.optimizer_keys(phase)
         batches = self.train_batches if self.cache is None else self.cache
         stats = torch.zeros(len(phase.modules), 2, device=self.device)  # loss sum, correct
         n_batches, seen, lr = len(batches), 0, 0.0
         self.finite = torch.ones(
             len(phase.modules), n_batches, dtype=torch.bool, device=self.device
         )
+        scaled = self.precision.scaled
+        self.skipped = torch.zeros(len(phase.modules), device=self.device) if scaled else None
         probe = None if self.estimated else SpeedProbe(self.synchronize)
         progress = self.progress_reporter(phase, epoch, n_batches) if self.callbacks else None
         if restarts_momentum(self.config, phase.first_epoch + epoch):
@@ -356,8 +383,8 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             yield item
 
     def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        """Wait for the device's queued work (the clock's sync: one function for both)."""
+        self.clock.sync()
 
     def check_finite(self, phase: Phase, epoch: int, totals: list[list[float]]) -> str | None:
         """None when the epoch's losses and the trained parameters are finite; else what broke:
@@ -374,6 +401,13 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         for k, (loss, _) in zip(phase.modules, totals):
             if not math.isfinite(loss):
                 return f"module {k + 1}'s loss is NaN or infinite during {where}"
+        for key in self.optimizer_keys(phase):  # fp16: a host read per optimizer and epoch
+            scale = self.scalers[key].get_scale() if key in self.scalers else math.inf
+            if scale < MIN_LOSS_SCALE:
+                module = "the net" if key == "all" else f"module {int(key) + 1}"
+                return (
+                    f"{module}'s fp16 gradients stayed infinite (loss scale {scale:.2g}), {where}"
+                )
         finite = torch.stack(
             [torch.stack([p.isfinite().all() for p in self.module_parameters(k)]).all()
              for k in phase.modules]
@@ -410,6 +444,10 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             }
             for k, (loss, hits) in zip(phase.modules, totals)
         ]
+        if self.skipped is not None:  # fp16: steps skipped for inf/NaN gradients, not failures
+            skipped = [int(v) for v in self.skipped.tolist()]  # end-to-end: one optimizer
+            for i, row in enumerate(rows):
+                row["skipped_steps"] = skipped[0 if self.end_to_end else i]
         if broken:
             raise Diverged(
                 f"training diverged: {broken} (lr {self.config.lr:g}); the run stopped as failed "
@@ -517,6 +555,17 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         summary.update(self.progress_summary(elapsed))
         self.run.write_summary(summary)
 
+    def close(self) -> None:
+        """Let go of what the run's batches hold open (a streamed dataset's loader workers)."""
+        for batches in (self.train_batches, self.test_batches, self.stats_batches):
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    def peak_memory(self) -> int:
+        """The run's peak memory so far on its device (bytes)."""
+        return peak_memory_bytes(self.device)
+
     def progress_summary(self, elapsed: float) -> dict[str, Any]:
         trained = sorted(self.test_acc)
         last = len(self.model)
@@ -526,6 +575,6 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             "final_test_acc": self.test_acc.get(last),
             "final_test_top5": self.test_top5.get(last),
             "wall_time_s": elapsed,
-            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "peak_memory_bytes": self.peak_memory(),
         }
         return {**out, **self.protocol_numbers(out["final_test_acc"], out["final_test_top5"])}

@@ -23,13 +23,13 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.data import Batches, statistics_batches, statistics_indices
+from workbench.memory import free_memory_bytes
 from workbench.metrics import (
     Evaluation,
     evaluate,
     evaluation_of_logits,
     per_module_probe_accuracy,
 )
-from workbench.training.device import free_memory_bytes
 from workbench.training.methods import Phase
 
 EVAL_BATCH_MAX = 1024  # on a GPU; more buys nothing
@@ -43,15 +43,35 @@ def auto_eval_batch_size(model: torch.nn.Module, sample: Tensor, batch_size: int
     than at 64-128 images (2-core AVX2 CPU, greedy CNN, ResNet-20 and a 10-block ResNet)."""
     if sample.device.type != "cuda":
         return batch_size
-    biggest = 0
-    with torch.no_grad():  # one zero image, for its sizes
-        x = sample[:1]
-        for module in model.trunk:
-            x = module(x)
-            biggest = max(biggest, x.numel() * 4)  # fp32 bytes of one image's output
-    budget = free_memory_bytes(sample.device) // 8
-    fits = budget // max(1, 4 * biggest)
+    biggest = largest_output_bytes(model, sample)
+    return eval_batch_size_within(free_memory_bytes(sample.device), biggest, batch_size)
+
+
+def eval_batch_size_within(free_bytes: int, output_bytes: int, batch_size: int) -> int:
+    """Test images per batch whose largest output (`output_bytes` for one image), times 4 for
+    the tensors alive around it, fits in an eighth of `free_bytes`: between the training batch
+    size and EVAL_BATCH_MAX."""
+    fits = (free_bytes // 8) // max(1, 4 * output_bytes)
     return int(max(batch_size, min(EVAL_BATCH_MAX, fits)))
+
+
+def largest_output_bytes(model: torch.nn.Module, sample: Tensor) -> int:
+    """fp32 bytes of one image's largest module output: the trunk run on one zero image in
+    eval mode, as evaluation runs it. In training mode a BatchNorm on a 1x1 map would refuse a
+    single value per channel, and every BN's running statistics would move towards a zero
+    image's; the model's mode is put back after."""
+    was_training = model.training
+    model.eval()
+    biggest = 0
+    try:
+        with torch.inference_mode():
+            x = sample[:1]
+            for module in model.trunk:
+                x = module(x)
+                biggest = max(biggest, x.numel() * 4)
+    finally:
+        model.train(was_training)
+    return biggest
 
 
 class EvaluationMixin:
@@ -171,12 +191,16 @@ class EvaluationMixin:
         momenta = [bn.momentum for bn in norms]
         for bn in norms:
             bn.reset_running_stats()
-            bn.momentum = None  # a cumulative average over the batches
         self.model.eval()
         for part in parts:
             part.train()  # BN uses (and records) batch statistics
         with self.autocast():
-            for x, _ in batches:
+            for n, (x, _) in enumerate(batches, start=1):
+                # a cumulative average over the batches: momentum 1/n at batch n is what
+                # momentum None computes, 1 / float(num_batches_tracked), bit for bit; set here,
+                # since reading that count from a GPU is a device sync per BN per batch
+                for bn in norms:
+                    bn.momentum = 1.0 / n
                 x = x.contiguous(memory_format=self.memory_format)
                 for k in range(start, max(phase.modules) + 1):
                     x = self.model.trunk[k](x)

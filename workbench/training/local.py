@@ -13,15 +13,26 @@ from workbench.config import Config
 from workbench.regularizers import kinetic_weight
 
 
-def make_sgd(params: Iterable[torch.nn.Parameter], config: Config) -> torch.optim.SGD:
-    """The config's SGD over `params` (its lr is set per step by the schedule)."""
-    return torch.optim.SGD(
-        params,
+def make_sgd(
+    params: Iterable[torch.nn.Parameter], config: Config, fused: bool = False
+) -> torch.optim.SGD:
+    """The config's SGD over `params` (its lr is set per step by the schedule). `fused` (fp16
+    runs): one kernel per update that also applies a loss scaler's decision to skip a step on
+    the device, where torch has one for these parameters; otherwise GradScaler.step reads
+    that decision on the host, a device sync every step."""
+    params = list(params)
+    options = dict(
         lr=config.lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
+    if fused:
+        try:
+            return torch.optim.SGD(params, fused=True, **options)
+        except (RuntimeError, TypeError, ValueError):  # no fused SGD for this device or torch
+            pass
+    return torch.optim.SGD(params, **options)
 
 
 def local_loss(
@@ -31,3 +42,24 @@ def local_loss(
     label smoothing) plus the kinetic term's weight for module k times its energy."""
     ce = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
     return ce, ce + kinetic_weight(config, k) * energy
+
+
+def update(
+    loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+) -> Tensor | None:
+    """Backward and one optimizer step. With a loss scaler (fp16) the loss is scaled, and a step
+    whose gradients hold an inf or NaN is skipped (the scaler halves its scale and tries again
+    next step): returns, on the device, whether this step was skipped (None without a scaler).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return None
+    scaled = scaler.scale(loss)
+    # the scale before the update, read on the device: GradScaler.get_scale() would sync
+    before = scaler._scale.clone()  # type: ignore[union-attr]
+    scaled.backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler._scale < before  # type: ignore[operator]  # halved: the step was skipped

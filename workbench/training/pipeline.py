@@ -29,6 +29,7 @@ import queue
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,12 +53,29 @@ JOIN_S = 10.0  # how long stopped workers get to exit before they are terminated
 START_S = 300.0  # how long a worker may take to start (import torch, build its module)
 
 
-def worker_devices(main: torch.device, n_modules: int) -> list[str]:
-    """Module k's device: the k-th GPU (round robin) on CUDA, else the CPU."""
+def worker_devices(main: torch.device, n_modules: int, n_gpus: int | None = None) -> list[str]:
+    """Module k's device: the k-th of the `n_gpus` GPUs (default: those visible), round robin,
+    on CUDA; else the CPU."""
     if main.type == "cuda":
-        n = torch.cuda.device_count()
+        n = torch.cuda.device_count() if n_gpus is None else n_gpus
         return [f"cuda:{k % n}" for k in range(n_modules)]
     return ["cpu"] * n_modules
+
+
+def shared_gpus(devices: list[str]) -> str | None:
+    """One line saying which modules share a GPU (and so take turns on it), or None."""
+    by_device: dict[str, list[int]] = {}
+    for k, device in enumerate(devices):
+        by_device.setdefault(device, []).append(k + 1)
+    shared = {d: ks for d, ks in by_device.items() if d.startswith("cuda") and len(ks) > 1}
+    if not shared:
+        return None
+    where = "; ".join(f"modules {', '.join(map(str, ks))} on {d}" for d, ks in shared.items())
+    return (
+        f"pipeline: {len(devices)} modules on {len(by_device)} GPU(s), so modules share a GPU "
+        f"and take turns on it ({where}): the pipeline runs at most {len(by_device)} modules at "
+        "once"
+    )
 
 
 def worker_threads(n_workers: int) -> int:
@@ -83,9 +101,19 @@ def start_method() -> Any:
 class Pipeline:
     """The worker processes of one run and the queues between them (main-process side)."""
 
-    def __init__(self, config: Config, num_classes: int, devices: list[str], threads: int):
+    def __init__(
+        self,
+        config: Config,
+        num_classes: int,
+        devices: list[str],
+        threads: int,
+        normalization: tuple[tuple[float, ...], tuple[float, ...]],
+    ):
         self.config, self.n = config, len(devices)
-        self.specs = [WorkerSpec(config, k, num_classes, d, threads) for k, d in enumerate(devices)]
+        self.specs = [
+            WorkerSpec(config, k, num_classes, d, threads, normalization if k == 0 else None)
+            for k, d in enumerate(devices)
+        ]
         self.processes: list[Any] = []
         self.fed = 0  # batches put into module 1's inbox, ever
         self.pending: dict[int, dict[str, Any]] = {}  # this epoch's reports, as they come
@@ -126,14 +154,15 @@ class Pipeline:
     def epoch(
         self, batches: Any, phase: Phase, epoch: int, n_batches: int, stop: Any
     ) -> tuple[list[dict[str, Any]], int]:
-        """Feed one epoch's batches to module 1; every module's report, and the images fed."""
+        """Feed one epoch's batches (uint8 images: module 1 normalizes them) to module 1;
+        every module's report, and the images fed."""
         for control in self.controls:
             control.put(("epoch", phase, epoch, n_batches))
         seen = 0
         for x, y in batches:
             if stop.is_set():
                 raise StopRequested
-            item = (self.fed, x.detach().cpu(), y.cpu())
+            item = (self.fed, x, y)  # a CUDA batch crosses by CUDA IPC, a CPU one by shm
             while True:
                 try:
                     self.inboxes[0].put(item, timeout=POLL_S)
@@ -221,10 +250,15 @@ class PipelinedTrainer(Trainer):
     # per module, the last epoch's (producer step, age) of each batch it trained on
     last_epoch_steps: list[list[tuple[int, int]]] | None = None
 
+    worker_peaks: list[int] | None = None  # each worker's peak memory, from its last report
+
     def fit(self, summary: dict[str, Any]) -> None:
         """As Trainer.fit; the workers start at the first epoch and are stopped at the end,
         on an error, on the stop flag and on Ctrl-C alike."""
         summary["pipeline_workers"] = self.workers()
+        sharing = shared_gpus([w["device"] for w in summary["pipeline_workers"]])
+        if sharing:
+            warnings.warn(sharing, RuntimeWarning, stacklevel=2)
         summary["pipeline_staleness_bound"] = staleness_bound(self.config)
         self.summary = summary
         try:
@@ -248,16 +282,20 @@ class PipelinedTrainer(Trainer):
         n = len(self.model)
         workers = self.workers()
         devices = [w["device"] for w in workers]
-        pipeline = Pipeline(self.config, self.data.num_classes, devices, workers[0]["threads"])
+        normalization = (tuple(self.data.mean), tuple(self.data.std))
+        threads = workers[0]["threads"]
+        pipeline = Pipeline(self.config, self.data.num_classes, devices, threads, normalization)
         self.pipeline = pipeline
         pipeline.start(self.stop)
         states = []
         for k in range(n):
             optimizer = self.optimizers.get(str(k))  # a resumed run's momentum
+            scaler = self.scalers.get(str(k))
             state = {
                 "trunk": self.model.trunk[k].state_dict(),
                 "head": self.model.heads[k].state_dict(),
                 "optimizer": optimizer.state_dict() if optimizer else None,
+                "scaler": scaler.state_dict() if scaler else None,
             }
             states.append({key: host_copy(value) for key, value in state.items()})
         pipeline.send_states(states)
@@ -268,8 +306,9 @@ class PipelinedTrainer(Trainer):
         pipeline = self.pipeline or self.start_pipeline()
         n_batches = len(self.train_batches)
         start = time.perf_counter()
+        uint8 = self.train_batches.iterate(normalized=False)
         reports, seen = pipeline.epoch(
-            self.timed_batches(self.train_batches), phase, epoch, n_batches, self.stop
+            self.timed_batches(uint8), phase, epoch, n_batches, self.stop
         )
         seconds = time.perf_counter() - start
         for k, report in zip(phase.modules, reports):
@@ -277,7 +316,13 @@ class PipelinedTrainer(Trainer):
             self.model.trunk[k].load_state_dict(state["trunk"])
             self.model.heads[k].load_state_dict(state["head"])
             self.optimizer(str(k)).load_state_dict(state["optimizer"])
+            scaler = self.scaler(str(k))
+            if scaler is not None and state.get("scaler") is not None:
+                scaler.load_state_dict(state["scaler"])
         self.finite = torch.stack([r["finite"] for r in reports]).to(self.device)
+        skipped = [r["skipped_steps"] for r in reports]
+        self.skipped = None if None in skipped else torch.tensor(skipped)
+        self.worker_peaks = [r["peak_memory_bytes"] for r in reports]
         self.note_staleness(reports)
         self.last_epoch_steps = [list(zip(r["producer_steps"], r["ages"])) for r in reports]
         if not self.estimated:
@@ -291,6 +336,17 @@ class PipelinedTrainer(Trainer):
             [r["loss_sum"] * seen / r["seen"], r["correct"] * seen / r["seen"]] for r in reports
         ]
         return totals, seen, seconds, lr
+
+    def peak_memory(self) -> int:
+        """The run's peak: per device, this process's and its workers' peaks added up (on the
+        CPU they share the RAM; a GPU holds what every process on it allocated), the largest
+        device's. summary.json lists each worker's as pipeline_peak_memory_bytes."""
+        on: dict[str, int] = {str(self.device): super().peak_memory()}
+        for worker, peak in zip(self.workers(), self.worker_peaks or []):
+            on[worker["device"]] = on.get(worker["device"], 0) + peak
+        if self.summary is not None and self.worker_peaks is not None:
+            self.summary["pipeline_peak_memory_bytes"] = self.worker_peaks
+        return max(on.values())
 
     def note_staleness(self, reports: list[dict[str, Any]]) -> None:
         """The largest age (in producer steps) of a batch each module trained on, so far."""

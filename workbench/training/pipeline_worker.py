@@ -24,8 +24,16 @@ import torch
 from torch import Tensor, nn
 
 from workbench.config import Config
-from workbench.training.device import autocast_dtype, memory_format
-from workbench.training.local import local_loss, make_sgd
+from workbench.data.batches import normalization_tensors, normalize
+from workbench.memory import peak_memory_bytes, reset_peak_memory
+from workbench.training.device import (
+    applied,
+    backend_settings,
+    make_scaler,
+    memory_format,
+    run_precision,
+)
+from workbench.training.local import local_loss, make_sgd, update
 from workbench.training.methods import Phase, learning_rate, restarts_momentum
 
 QUEUE_DEPTH = 2  # batches in flight between two modules (each inbox's bound)
@@ -51,6 +59,9 @@ class WorkerSpec:
     num_classes: int
     device: str
     threads: int
+    # the first module's: the training set's per-channel (mean, std), for the uint8 images the
+    # main process sends (a quarter of the bytes of normalized floats); None for the others
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 class ModuleStep:
@@ -58,44 +69,64 @@ class ModuleStep:
 
     `step` is one iteration of Trainer.local_step for this module alone: forward, aux loss,
     backward, update; the output comes back detached, so no gradient can leave the module.
+    With `normalization` (the first module) its inputs are uint8 images, normalized here.
     """
 
-    def __init__(self, config: Config, k: int, trunk: nn.Module, head: nn.Module, device: str):
+    def __init__(
+        self,
+        config: Config,
+        k: int,
+        trunk: nn.Module,
+        head: nn.Module,
+        device: str,
+        normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    ):
         self.config, self.k, self.device = config, k, torch.device(device)
         self.memory_format = memory_format(config, self.device)
+        # the head in the trunk's layout too, as the main process's model.to(memory_format)
         self.trunk = trunk.to(self.device, memory_format=self.memory_format)
-        self.head = head.to(self.device)
+        self.head = head.to(self.device, memory_format=self.memory_format)
         wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
         self.forward, self.classify = wrap(self.trunk.forward_with_kinetic), wrap(self.head)
-        self.amp = autocast_dtype(config, self.device)
-        self.optimizer = make_sgd([*self.trunk.parameters(), *self.head.parameters()], config)
+        self.precision = run_precision(config, self.device)
+        self.scaler = make_scaler(self.precision, self.device)
+        params = [*self.trunk.parameters(), *self.head.parameters()]
+        self.optimizer = make_sgd(params, config, fused=self.precision.scaled)
+        self.normalization = (
+            None if normalization is None else normalization_tensors(*normalization, self.device)
+        )
 
-    def step(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Train on one batch: (output detached, cross-entropy, correct count, loss finite)."""
+    def step(
+        self, x: Tensor, y: Tensor, lr: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """Train on one batch: (output detached, cross-entropy, correct count, loss finite,
+        whether the loss scaler skipped the step: None without one)."""
         if x.requires_grad:  # a producer's graph must never reach this module
             raise RuntimeError(f"module {self.k + 1} got an input that requires grad")
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        x = x.to(self.device, non_blocking=True)
+        if self.normalization is not None:
+            x = normalize(x, *self.normalization)
+        x = x.contiguous(memory_format=self.memory_format)
         y = y.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        autocast = torch.autocast(self.device.type, self.amp) if self.amp else None
-        with autocast or contextlib.nullcontext():
+        dtype = self.precision.dtype
+        with torch.autocast(self.device.type, dtype) if dtype else contextlib.nullcontext():
             out, energy = self.forward(x)
             logits = self.classify(out)
             ce, loss = local_loss(self.config, self.k, logits, y, energy)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        skipped = update(loss, self.optimizer, self.scaler)
         correct = (logits.argmax(-1) == y).sum()
-        return out.detach(), ce.detach(), correct, torch.isfinite(loss.detach())
+        return out.detach(), ce.detach(), correct, torch.isfinite(loss.detach()), skipped
 
     def state(self) -> dict[str, Any]:
-        """The module's, head's and optimizer's state, copied to the host (safe to send)."""
+        """The module's, head's, optimizer's (and loss scaler's) state, copied to the host."""
         return host_copy(
             {
                 "trunk": self.trunk.state_dict(),
                 "head": self.head.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             }
         )
 
@@ -104,6 +135,8 @@ class ModuleStep:
         self.head.load_state_dict(state["head"])
         if state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") is not None and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def host_copy(value: Any) -> Any:
@@ -236,24 +269,30 @@ def worker_main(spec: WorkerSpec, channels: dict[str, Any]) -> None:
     k, results, stop = spec.module, channels["results"], channels["stop"]
     try:
         torch.set_num_threads(spec.threads)
+        device = torch.device(spec.device)
+        if device.type == "cuda":  # this worker's GPU is its current device, for every call
+            torch.cuda.set_device(device)
+        reset_peak_memory(device)
         from workbench.models import build_model
 
         model = build_model(spec.config, spec.num_classes)
-        module = ModuleStep(spec.config, k, model.trunk[k], model.heads[k], spec.device)
+        module = ModuleStep(
+            spec.config, k, model.trunk[k], model.heads[k], spec.device, spec.normalization
+        )
         del model
         inbox = Inbox(channels["inbox"], channels["produced_in"], _replay(spec, k), stop)
         results.put(("ready", k, None))
-        while True:
-            message = _wait(channels["control"], stop)
-            if message[0] == "stop":
-                return
-            if message[0] == "state":
-                module.load(message[1])
-                continue
-            phase, epoch, n_batches = message[1:]
-            results.put(
-                ("report", k, _epoch(spec, module, inbox, channels, phase, epoch, n_batches))
-            )
+        with applied(backend_settings(device, spec.config.tf32)):
+            while True:
+                message = _wait(channels["control"], stop)
+                if message[0] == "stop":
+                    return
+                if message[0] == "state":
+                    module.load(message[1])
+                    continue
+                phase, epoch, n_batches = message[1:]
+                report = _epoch(spec, module, inbox, channels, phase, epoch, n_batches)
+                results.put(("report", k, report))
     except Stopped:
         return
     except BaseException:
@@ -296,6 +335,7 @@ def _epoch(
     module.head.train()
     loss_sum = torch.zeros((), device=module.device)
     correct = torch.zeros((), dtype=torch.long, device=module.device)
+    skipped_steps = torch.zeros((), dtype=torch.long, device=module.device)
     finite = torch.ones(n_batches, dtype=torch.bool, device=module.device)
     seen, ages, steps = 0, [], []
     for i in range(n_batches):
@@ -304,13 +344,18 @@ def _epoch(
         if age > bound:  # the pipeline's promise: never train on older activations than this
             raise RuntimeError(f"module {spec.module + 1} got a batch {age} steps old (> {bound})")
         lr = learning_rate(config, phase.first_epoch + epoch + i / n_batches, phase.total_epochs)
-        out, ce, hits, ok = module.step(x, y, lr)
+        out, ce, hits, ok, skipped = module.step(x, y, lr)
         if outbox is not None:
             produced = channels["produced_out"]
-            put(outbox, (produced.value, out.to("cpu"), y), stop)
+            # as it is: a CUDA tensor crosses by CUDA IPC (the next worker copies it to its own
+            # GPU, peer to peer, after waiting for the kernels that wrote it), never through
+            # pageable host memory; a CPU tensor through shared memory
+            put(outbox, (produced.value, out, y), stop)
             produced.value += 1  # after the put: the counter never runs ahead of the queue
         loss_sum += ce * len(y)
         correct += hits
+        if skipped is not None:
+            skipped_steps += skipped
         finite[i] = ok
         seen += len(y)
         ages.append(age)
@@ -320,7 +365,9 @@ def _epoch(
         "correct": int(correct),
         "seen": seen,
         "finite": finite.cpu(),
+        "skipped_steps": int(skipped_steps) if module.scaler is not None else None,
         "ages": ages,
         "producer_steps": steps,
         "state": module.state(),
+        "peak_memory_bytes": peak_memory_bytes(module.device),
     }

@@ -13,9 +13,17 @@ import torch
 from workbench.config import Config
 from workbench.data import ImageData, load_data
 from workbench.events import RUN_END, Callback, StopRequested
+from workbench.memory import reset_peak_memory
 from workbench.models import build_model
 from workbench.records import RunDir, WriteError
-from workbench.training.device import check_speed_options, peak_memory_bytes, resolve_device
+from workbench.training.device import (
+    applied,
+    backend_settings,
+    check_speed_options,
+    device_capability,
+    resolve_device,
+    tf32_in_effect,
+)
 from workbench.training.distributed import join, make_trainer, open_run, world_size
 from workbench.training.engine import Trainer
 from workbench.training.pipeline import PipelinedTrainer
@@ -44,10 +52,13 @@ def run_experiment(
     # under torchrun: this process's rank joins the others, and rank 0 writes the run folder
     with join(device) as ranks, open_run(config, ranks) as run:
         device = ranks.device if ranks else device
+        reset_peak_memory(device)  # this run's peak, not the largest of any run in this process
         previous = run.read_summary()
         if previous and previous.get("status") == "finished":
             return previous
-        return _train(run, data, device, callbacks, stop, clock)
+        # cuDNN's autotuner and the TF32 choice for this run; the process's own are put back
+        with applied(backend_settings(device, config.tf32)):
+            return _train(run, data, device, callbacks, stop, clock)
 
 
 def _train(
@@ -72,6 +83,9 @@ def _train(
         "n_modules": config.n_modules,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": trainer.precision.name,  # what ran, which precision=auto may choose
+        "precision_reason": trainer.precision.reason,
+        "tf32": tf32_in_effect(config.tf32, device_capability(device)),
         "data": data.provenance,
         "eval_protocol": config.eval_protocol,
         "world_size": world_size(),  # torchrun processes training the run
@@ -102,7 +116,7 @@ def _train(
         raise
     finally:
         summary["wall_time_s"] = trainer.elapsed()
-        summary["peak_memory_bytes"] = peak_memory_bytes(device)
+        summary["peak_memory_bytes"] = trainer.peak_memory()
         summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         summary["eval_batch_size"] = trainer.eval_batch_size
         summary["time_split_s"] = clock.split()  # this session's, up to the summary's writing
@@ -112,5 +126,6 @@ def _train(
             if summary["status"] != "failed":  # else the error being raised says it already
                 raise
         finally:
+            trainer.close()
             trainer.emit(RUN_END, {"summary": summary})
     return summary

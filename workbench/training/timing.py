@@ -12,10 +12,12 @@ PARTS = ("data", "train", "evaluate", "precise_bn", "callbacks", "checkpoints")
 
 
 class Clock:
-    """Wall seconds per part of a run; parts do not nest (the innermost part is charged).
+    """Wall seconds per part of a run; a part inside another is charged to itself alone.
 
-    `sync` (the device's synchronize) runs at the end of each timed part, so work a GPU queued
-    is charged to the part that queued it; it is never called inside the training loop's steps.
+    `sync` (the device's synchronize) runs at the end of each outermost part, so work a GPU
+    queued is charged to the part that queued it. A part inside another (the live plots'
+    callbacks during training's steps) is charged its host time and does not sync: a sync there
+    would stall the device's queue mid-epoch and charge queued training kernels to it.
     """
 
     def __init__(self, sync: Callable[[], None] = lambda: None):
@@ -32,7 +34,8 @@ class Clock:
         try:
             yield
         finally:
-            self.sync()
+            if outer is None:
+                self.sync()
             spent = time.perf_counter() - start
             self.seconds[name] += spent
             if outer is not None:

@@ -49,6 +49,7 @@ TABS = {
         "normalization",
         "image_size",
         "data_workers",
+        "gpu_decode",
         "allow_modified_copy",
     ],
     "Model": [
