@@ -30,7 +30,10 @@ from workbench.records import atomic_write_json, read_json_quietly
 
 FINISHED = "finished"
 KERNEL_START_TRIES = 3  # a kernel that fails to start (a port taken meanwhile, say) is retried
-KERNEL_GRACE_S = 3.0  # a stopped kernel's run gets this long to record 'stopped', then SIGKILL
+# A stopped kernel's run gets this long to record 'stopped', then SIGKILL. Generous: on a loaded
+# machine (several kernels training on two cores) a KeyboardInterrupt waits for the op in hand
+# and the summary's fsync'd write; 3 s was seen to be too short there.
+KERNEL_GRACE_S = 20.0
 STOPPED_ERROR = "the sweep ended while this point ran; run the sweep again to finish it"
 
 
@@ -160,6 +163,7 @@ def _stop_kernels(run_dir: Path) -> None:
     while (
         time.monotonic() < deadline
         and read_json_quietly(run_dir / "summary.json").get("status") == "running"
+        and any(_alive(pid) for pid in kernels)
     ):
         time.sleep(0.1)
     for pid in kernels:
@@ -178,6 +182,15 @@ def _children() -> list[int]:
         if ppid == me:
             found.append(int(stat.parent.name))
     return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether a child is still running (a zombie, one that ended unreaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _signal_group(pid: int, sig: int) -> None:
