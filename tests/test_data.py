@@ -97,6 +97,19 @@ def test_subset_is_balanced_and_seeded(mnist5k: ImageData) -> None:
     assert not torch.equal(load_data(Config(n_train=100, seed=1)).train_x, a.train_x)
 
 
+def test_subset_first_takes_the_first_images_as_the_reference_code_does(
+    mnist5k: ImageData,
+) -> None:
+    first = load_data(Config(n_train=100, n_test=50, subset="first", seed=3))
+    assert torch.equal(first.train_x, mnist5k.train_x[:100])
+    assert torch.equal(first.test_y, mnist5k.test_y[:50])
+    assert torch.equal(load_data(Config(n_train=100, subset="first")).train_x, first.train_x)
+    assert first.provenance["subset"] == "first" and first.provenance["subset_seed"] is None
+    balanced = load_data(Config(n_train=100, n_test=50, seed=3)).provenance
+    assert balanced["subset"] == "balanced" and balanced["subset_seed"] == 3
+    assert mnist5k.provenance["subset"] is None  # no subset drawn at all
+
+
 @pytest.mark.parametrize("field, value, n", [("n_train", 4001, 4000), ("n_test", 5000, 1000)])
 def test_subset_larger_than_the_data_is_a_data_error(field: str, value: int, n: int) -> None:
     with pytest.raises(DataError, match=rf"^{field}: got {value}; allowed: .*{n}") as err:

@@ -69,6 +69,7 @@ EVAL_PROTOCOLS = ("last", "trgl-best")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GPU_DECODES = ("auto", "true", "false")
+SUBSETS = ("balanced", "first")
 MAX_AUX_DEPTH = 4
 # fields whose value comes from a fixed list: validation, the panel's dropdowns and help read it
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
@@ -89,6 +90,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "device": DEVICES,
     "precision": PRECISIONS,
     "gpu_decode": GPU_DECODES,
+    "subset": SUBSETS,
 }
 
 
@@ -101,6 +103,7 @@ class Config:
     data_dir: str = "data"  # torchvision root: datasets are read from (or downloaded to) here
     n_train: int = 0  # training subset size; 0 = the whole training set
     n_test: int = 0  # test subset size; 0 = the whole test set
+    subset: str = "balanced"  # n_train/n_test: balanced (seeded draw per class), first (first N)
     augment: str = "auto"  # auto = the papers' choice for the dataset (crop+flip on CIFAR)
     normalization: str = "dataset"  # dataset (its training set's mean/std), or a paper's values
     image_size: int = 0  # streamed datasets: the training crop; 0 = the dataset's (224, Tiny 64)

@@ -4,4 +4,4 @@
 # (4 train, 2 test) are hard-coded.
 source "$(dirname "$0")/common.sh"
 timed dgl ref "$RB/runs/ref_dgl_${TAG}_$STAMP" \
-  "$PY" "$RB/DGL/learning_curves/cifar_dgl.py" --epochs 1 --batch-size 128
+  "$PY" "$RB/DGL/learning_curves/cifar_dgl.py" --epochs $EPOCHS --batch-size 128 --seed $SEED

@@ -5,4 +5,4 @@
 source "$(dirname "$0")/common.sh"
 timed layercnn ref "$RB/runs/ref_layercnn_${TAG}_$STAMP" \
   "$PY" "$RB/layerCNN/cifar.py" --ncnn 3 --nlin 1 --feature_size 64 --width_aux 64 --down '[1]' --bn 1 \
-  --nepochs 1 --batch_size 128 -j 0
+  --nepochs $EPOCHS --batch_size 128 -j 0 --seed $SEED

@@ -7,4 +7,4 @@
 source "$(dirname "$0")/common.sh"
 timed trgl ref "$RB/runs/ref_trgl_${TAG}_$STAMP" \
   "$PY" "$RB/module-wise/resnet20-2modules-cifar10.py" -trt par -bas 128 -lbs 0.1 -lrt 0.002 \
-  -ing 0.1 -tra 1 -tau 1 -vta 1 -ne0 1 -cln 1CNN -inn orthogonal -opt sgd -lrd 0 -vls 0 -tss 1 -see 0
+  -ing 0.1 -tra 1 -tau 1 -vta 1 -ne0 $EPOCHS -cln 1CNN -inn orthogonal -opt sgd -lrd 0 -vls 0 -tss 1 -see $SEED

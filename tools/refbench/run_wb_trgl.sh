@@ -5,10 +5,10 @@ source "$(dirname "$0")/common.sh"
 OUT="$RB/runs/wb_trgl_${TAG}_$STAMP"
 timed trgl wb "$RB/runs" \
   "$WB" run --dataset cifar10 --data-dir "$CIFAR" --allow-modified-copy true \
-  --n-train $N_TRAIN --n-test $N_TEST --augment crop-flip --normalization dataset \
+  --n-train $N_TRAIN --n-test $N_TEST --subset first --augment crop-flip --normalization dataset \
   --arch resnet20 --n-modules 2 --shortcut A --downsampling stride \
   --aux-type 1cnn --aux-depth 2 --aux-width 0 --init orthogonal \
   --method parallel --regularization kinetic --tau 1 --varying-tau true \
-  --epochs 1 --batch-size 128 --lr 0.002 --lr-schedule constant --momentum 0.9 --nesterov false \
+  --epochs $EPOCHS --batch-size 128 --lr 0.002 --lr-schedule constant --momentum 0.9 --nesterov false \
   --weight-decay 2e-4 --label-smoothing 0.1 --eval-protocol last \
-  --precise-bn false --device cpu --precision fp32 --seed 0 --out "$OUT"
+  --precise-bn false --device cpu --precision fp32 --seed $SEED --out "$OUT" $WB_FLAGS

@@ -88,15 +88,14 @@ def load_data(config: Config) -> ImageData | StreamedData:
     # statistics of the whole padded training set: what the model sees, whatever the subset
     mean, std = NORMALIZATIONS[config.normalization] or _channel_stats(train_x)
     available = {"train_available": len(train_y), "test_available": len(test_y)}
-    train_x, train_y = _subset(train_x, train_y, config.n_train, "n_train", name, config.seed)
-    test_x, test_y = _subset(test_x, test_y, config.n_test, "n_test", name, config.seed)
+    train_x, train_y = _subset(train_x, train_y, config.n_train, "n_train", config)
+    test_x, test_y = _subset(test_x, test_y, config.n_test, "n_test", config)
     test_kept = evaluation_indices(len(test_y), config)
     split = test_split_description(len(test_y), config)
     if test_kept is not None:
         test_x, test_y = test_x[test_kept], test_y[test_kept]
     provenance = {"dataset": name, **source, "n_train": len(train_y), "n_test": len(test_y)}
-    subset = config.n_train > 0 or config.n_test > 0
-    provenance.update(available, subset_seed=config.seed if subset else None, test_split=split)
+    provenance.update(available, **subset_provenance(config), test_split=split)
     provenance.update(normalization={"name": config.normalization, "mean": mean, "std": std})
     return ImageData(train_x, train_y, test_x, test_y, info.num_classes, mean, std, provenance)
 
@@ -399,20 +398,35 @@ def _balanced_indices(y: Tensor, n: int, seed: int) -> Tensor:
     return perm[torch.argsort(rank, stable=True)[:n]].sort().values
 
 
-def _subset(
-    x: Tensor, y: Tensor, n: int, field: str, name: str, seed: int
-) -> tuple[Tensor, Tensor]:
-    """A class-balanced random subset of n examples (0: all), or a DataError if n is too big."""
+def subset_indices(labels: Tensor, n: int, field: str, config: Config) -> Tensor | None:
+    """The examples `field` (n_train or n_test) keeps, in order: None for all (n = 0); with
+    config.subset `balanced` a class-balanced random draw of n (seeded by config.seed), with
+    `first` the first n in the dataset's order (what the papers' reference code takes). A
+    DataError, one line, if n is more than there are."""
     if n == 0:
-        return x, y
-    if n > len(y):
+        return None
+    if n > len(labels):
         split = "training" if field == "n_train" else "test"
         raise DataError(
-            f"{field}: got {n}; allowed: 0 (all) or 1 to {len(y)} "
-            f"({name} has {len(y)} {split} images)"
+            f"{field}: got {n}; allowed: 0 (all) or 1 to {len(labels)} "
+            f"({config.dataset} has {len(labels)} {split} images)"
         )
-    keep = _balanced_indices(y, n, seed)
-    return x[keep], y[keep]
+    if config.subset == "first":
+        return torch.arange(n)
+    return _balanced_indices(labels, n, config.seed)
+
+
+def subset_provenance(config: Config) -> dict[str, Any]:
+    """How the run's subsets were drawn, for the data provenance."""
+    if not (config.n_train > 0 or config.n_test > 0):
+        return {"subset": None, "subset_seed": None}
+    seeded = config.subset == "balanced"
+    return {"subset": config.subset, "subset_seed": config.seed if seeded else None}
+
+
+def _subset(x: Tensor, y: Tensor, n: int, field: str, config: Config) -> tuple[Tensor, Tensor]:
+    keep = subset_indices(y, n, field, config)
+    return (x, y) if keep is None else (x[keep], y[keep])
 
 
 # -- batches ------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from workbench.data import (
     _balanced_indices,
     _one_line,
     evaluation_indices,
+    subset_indices,
+    subset_provenance,
     test_split_description,
 )
 from workbench.data.device_decode import EncodedReader, decodes_on_device
@@ -319,19 +321,6 @@ def estimate_stats(
     return tuple(mean.tolist()), tuple(std.tolist()), n
 
 
-def _subset_indices(labels: Tensor, n: int, field: str, name: str, seed: int) -> Tensor | None:
-    """The in-memory datasets' class-balanced seeded subset (None: all), or a DataError."""
-    if n == 0:
-        return None
-    if n > len(labels):
-        split = "training" if field == "n_train" else "test"
-        raise DataError(
-            f"{field}: got {n}; allowed: 0 (all) or 1 to {len(labels)} "
-            f"({name} has {len(labels)} {split} images)"
-        )
-    return _balanced_indices(labels, n, seed)
-
-
 # -- the two entry points -----------------------------------------------------------------------
 def load_streamed(config: Config) -> StreamedData:
     """Scan config.dataset's folders under config.data_dir, check them, subset, normalize.
@@ -356,9 +345,8 @@ def load_streamed(config: Config) -> StreamedData:
         class_names, names_from = _imagenet_names(root, classes)
     full_train = train
     available = {"train_available": len(train), "test_available": len(test)}
-    seed = config.seed
-    train = train.subset(_subset_indices(train.labels, config.n_train, "n_train", name, seed))
-    test = test.subset(_subset_indices(test.labels, config.n_test, "n_test", name, seed))
+    train = train.subset(subset_indices(train.labels, config.n_train, "n_train", config))
+    test = test.subset(subset_indices(test.labels, config.n_test, "n_test", config))
     split = test_split_description(len(test), config)
     test = test.subset(evaluation_indices(len(test), config))
 
@@ -389,8 +377,7 @@ def load_streamed(config: Config) -> StreamedData:
     if len(classes) <= 100:
         provenance["classes"] = list(classes)
     provenance.update(n_train=len(train), n_test=len(test), **available)
-    subset = config.n_train > 0 or config.n_test > 0
-    provenance.update(subset_seed=config.seed if subset else None, test_split=split)
+    provenance.update(**subset_provenance(config), test_split=split)
     provenance.update(normalization=normalization, checks=checks, image_size=config.input_size)
     provenance.update(augment=config.resolved_augment, **transform_text, data_workers=workers)
     provenance["decode"] = EncodedReader.how if on_device else PixelReader.how

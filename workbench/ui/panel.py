@@ -45,6 +45,7 @@ TABS = {
         "data_dir",
         "n_train",
         "n_test",
+        "subset",
         "augment",
         "normalization",
         "image_size",
