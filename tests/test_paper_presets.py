@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from workbench import Config, preset
+from workbench import Config, ConfigError, preset
 from workbench.cli import main
 from workbench.models import build_model, parameter_counts
 from workbench.presets import PRESETS, paper_presets
@@ -164,3 +164,26 @@ def test_presets_json_gives_sizes_per_module(capsys):
     for name, f in facts.items():
         assert {"description", "paper_number", "trunk_params", "head_params"} <= set(f), name
         assert len(f["trunk_params"]) == len(f["head_params"]) == preset(name).n_modules
+
+
+def test_aux_pool_sets_trgls_per_module_kernel_as_its_scripts_apc():
+    # block-wise/module-wise's STL-10 two-module script (apc = [16, 8]) run on CIFAR-10, as
+    # tools/refbench does: a ResNet-20's 16 and 8 px maps pool to 1x1. Its utils7.py builds
+    # 1CNN as conv 3x3 (no bias), ReLU, AvgPool2d(apc), BN, linear: 9,610 and 37,642 weights.
+    trgl = dict(dataset="cifar10", arch="resnet20", n_modules=2, shortcut="A", aux_type="1cnn")
+    heads = build_model(Config(**trgl, aux_pool="16,8")).heads
+    assert [h[2].kernel_size for h in heads] == [16, 8]
+    assert [sum(p.numel() for p in h.parameters()) for h in heads] == [9610, 37642]
+    x = torch.randn(2, 32, 16, 16)
+    assert heads[0](x).shape == (2, 10)
+    auto = build_model(Config(**trgl)).heads  # TRGL's rule by size: 16 px pools with 8, to 2x2
+    assert [h[2].kernel_size for h in auto] == [8, 8]
+    assert sum(p.numel() for p in auto[0].parameters()) == 9610 + 960
+    for bad, says in [
+        ("16", "allowed: auto, or 2 positive kernel sizes"),
+        ("32,8", "module 1's is 32 on 16 px"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            Config(**trgl, aux_pool=bad)
+    with pytest.raises(ConfigError, match="only 1cnn heads pool with a fixed kernel"):
+        Config(**{**trgl, "aux_type": "cnn"}, aux_pool="8,8")

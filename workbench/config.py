@@ -121,6 +121,9 @@ class Config:
     aux_depth: int = 2  # k as in Belilovsky: the head's weight layers, 1..4 (0 = global pool)
     aux_type: str = "cnn"  # cnn, mlp, mlp-sr (DGL's study), 1cnn (TRGL's)
     aux_width: int = 0  # M~ at the first module, doubling with the trunk; 0 = the module's width
+    aux_pool: str = (
+        "auto"  # 1cnn heads' pool kernel: auto (TRGL's, by map size), or per module "16,8"
+    )
     last_aux_type: str = "same"  # the last module's head family (DGL's: mlp); same = aux_type
     last_aux_depth: int = -1  # the last module's head depth; -1 = aux_depth
     downsampling: str = "auto"  # auto = the architecture's own (invertible, stride, maxpool)
@@ -216,6 +219,12 @@ class Config:
     def downsampling_positions(self) -> list[int]:
         """1-indexed trunk units (conv layers or residual blocks) whose input is downsampled."""
         return archs.resolve_schedule(self, self.input_size)
+
+    def aux_pool_kernels(self) -> list[int] | None:
+        """The 1cnn heads' pool kernel per module, or None for TRGL's rule by map size."""
+        if self.aux_pool == "auto":
+            return None
+        return [int(p) for p in self.aux_pool.split(",")]
 
     def tau_for_module(self, module: int) -> float:
         """TRGL's "varying tau": the first half of the modules use tau / 2."""
@@ -390,11 +399,40 @@ def _validate_model(c: Config) -> None:
             what = "-1 (as aux_depth) or 0" if low < 0 else "0"
             raise ConfigError(f"{name}: got {depth}; allowed: {what} to {MAX_AUX_DEPTH}")
     _at_least("aux_width", c.aux_width, 0, "0 (the module's width) or a positive width")
+    _validate_aux_pool(c)
     if c.regularization == "kinetic" and arch.kind != "resnet":
         raise ConfigError(
             f"regularization: got 'kinetic' for {c.arch}, which has no residual blocks (the "
             "kinetic term penalises residual branches); allowed: none, or a resnet arch"
         )
+
+
+def _validate_aux_pool(c: Config) -> None:
+    """aux_pool: auto, or one average-pool kernel per module (TRGL's `apc`), each at most the
+    module's map size, and only where every head is a 1cnn head (the only fixed-kernel pool)."""
+    if c.aux_pool == "auto":
+        return
+    parts = [p.strip() for p in c.aux_pool.split(",")]
+    if len(parts) != c.n_modules or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(
+            f"aux_pool: got {c.aux_pool!r}; allowed: auto, or {c.n_modules} positive kernel "
+            "sizes separated by commas, one per module, like "
+            f"{','.join(['8'] * c.n_modules)!r}"
+        )
+    last = c.aux_type if c.last_aux_type == "same" else c.last_aux_type
+    kinds = {c.aux_type, last} if c.n_modules > 1 else {last}
+    if kinds != {"1cnn"}:
+        raise ConfigError(
+            f"aux_pool: got {c.aux_pool!r} with {'/'.join(sorted(kinds))} heads; allowed: auto "
+            "(only 1cnn heads pool with a fixed kernel)"
+        )
+    sizes = archs.module_map_sizes(c)
+    for k, (kernel, size) in enumerate(zip(c.aux_pool_kernels(), sizes, strict=True)):
+        if kernel > size:
+            raise ConfigError(
+                f"aux_pool: got {c.aux_pool!r}; allowed: kernels up to each module's map size "
+                f"({','.join(map(str, sizes))} px): module {k + 1}'s is {kernel} on {size} px"
+            )
 
 
 def _validate_training(c: Config) -> None:

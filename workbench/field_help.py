@@ -19,6 +19,7 @@ FIELD_LABELS = {
     "aux_depth": "aux depth (k)",
     "aux_type": "aux head",
     "aux_width": "aux width",
+    "aux_pool": "aux pool (1cnn)",
     "lr": "learning rate",
     "lr_schedule": "lr schedule",
     "lr_step": "lr step (epochs)",

@@ -195,6 +195,12 @@ def unit_plan(config: Config, size: int, in_channels: int) -> list[UnitSpec]:
     return plan
 
 
+def module_map_sizes(config: Config) -> list[int]:
+    """The side, in pixels, of each module's output maps."""
+    plan = unit_plan(config, config.input_size, config.dataset_info.channels)
+    return [plan[group[-1]].size for group in module_groups(config, len(plan))]
+
+
 def module_groups(config: Config, n_plan_units: int) -> list[list[int]]:
     """Indices (into unit_plan) of each module's units: consecutive, as even as possible,
     extras first. A ResNet's stem (index 0) always travels with the first module."""

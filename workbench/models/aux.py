@@ -12,7 +12,9 @@ M~ (`width`) is the hidden width; every family is built exactly as its paper's c
             the mlp part. DGL's `mlp-sr` is k=4 with M~ = C.
     1cnn    (k-1) x [3x3 conv M~ (no bias), ReLU], average pool with a fixed kernel, BN, linear.
             TRGL's "1CNN" is k=2 with M~ = C; the kernel is theirs: 16 on maps of 48 px and
-            more, else 8 (STL-10's 96/48/24 px maps pool to 6x6, 3x3, 3x3).
+            more, else 8 (STL-10's 96/48/24 px maps pool to 6x6, 3x3, 3x3). Their scripts set
+            it per module (`apc`), which `aux_pool` does here: "16,8" pools a CIFAR ResNet's
+            16 and 8 px maps to 1x1, as their STL-10 script run on CIFAR-10 does.
     vgg     VGG's classifier: 2x2 max-pool, linear 4096, ReLU, linear 4096, ReLU, linear (DGL's
             ImageNet VGG-13 last layer; no dropout there).
 
@@ -55,8 +57,10 @@ def make_aux_head(
     width: int,
     size: int = 32,
     batchnorm: bool = True,
+    pool_kernel: int | None = None,
 ) -> nn.Sequential:
-    """An auxiliary classifier of depth `depth` on `in_channels` maps of `size` x `size`."""
+    """An auxiliary classifier of depth `depth` on `in_channels` maps of `size` x `size`;
+    `pool_kernel` sets a 1cnn head's average-pool kernel (default: TRGL's by size)."""
     c = in_channels
     if depth == 0 and kind != "vgg":
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
@@ -90,7 +94,7 @@ def make_aux_head(
         layers.append(nn.ReLU())
         c = width
     if kind == "1cnn":
-        kernel = trgl_pool_kernel(size)
+        kernel = pool_kernel or trgl_pool_kernel(size)
         side = size // kernel
         return nn.Sequential(
             *layers,

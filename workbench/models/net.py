@@ -86,6 +86,7 @@ def build_model(
     first_width = plan[groups[0][-1]].out_channels
     batchnorm = config.batchnorm or architecture(config).kind == "resnet"
     trunk, heads = [], []
+    pool_kernels = config.aux_pool_kernels()
     for k, group in enumerate(groups):
         out = plan[group[-1]]
         c = out.out_channels
@@ -96,7 +97,9 @@ def build_model(
             kind = kind if config.last_aux_type == "same" else config.last_aux_type
             depth = depth if config.last_aux_depth < 0 else config.last_aux_depth
         trunk.append(TrunkModule(*(units[i] for i in group)))
-        heads.append(make_aux_head(c, classes, depth, kind, max(1, aux_width), out.size, batchnorm))
+        pool = pool_kernels[k] if pool_kernels else None
+        width = max(1, aux_width)
+        heads.append(make_aux_head(c, classes, depth, kind, width, out.size, batchnorm, pool))
     model = LayerwiseNet(trunk, heads)
     if initialize and config.init == "orthogonal":
         _orthogonal_init(model)

@@ -64,6 +64,7 @@ TABS = {
         "aux_depth",
         "aux_type",
         "aux_width",
+        "aux_pool",
         "last_aux_type",
         "last_aux_depth",
         "downsampling",
