@@ -369,3 +369,27 @@ def test_cifar10_jpeg_copy_is_refused_unless_allowed(cifar_jpeg: Path) -> None:
     assert d.train_y.bincount().tolist() == [100] * 10
     assert d.mean == pytest.approx((0.4913, 0.4821, 0.4465), abs=2e-3)
     assert d.provenance["train_available"] == 50000 and d.provenance["test_available"] == 10000
+
+
+def test_reflect_crop_flip_pads_by_reflection_as_trgls_cifar_loader():
+    # TRGL's loader: F.pad(image, (4, 4, 4, 4), mode="reflect"), then RandomCrop(32) and a flip
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    mean, std = [0.0] * 3, [1.0] * 3
+    kinds = {}
+    for augment in ("crop", "reflect-crop-flip"):
+        batches = Batches(x, torch.zeros(6, dtype=torch.long), batch_size=6, device="cpu",
+                          mean=mean, std=std, augment=augment, seed=3)  # fmt: skip
+        kinds[augment] = next(iter(batches._uint8_epoch(None, seed=5)))[0]
+    gen = torch.Generator().manual_seed(5)  # the same offsets and flips, drawn as Batches does
+    dy, dx = torch.randint(0, 9, (2, 6, 1), generator=gen)
+    flips = torch.rand(6, generator=gen) < 0.5
+    mirrored = F.pad(x.float(), (4, 4, 4, 4), mode="reflect").to(torch.uint8)
+    zeros = F.pad(x, (4, 4, 4, 4))
+    for i in range(6):
+        a, b = int(dy[i]), int(dx[i])
+        assert torch.equal(kinds["crop"][i], zeros[i, :, a : a + 32, b : b + 32])
+        want = mirrored[i, :, a : a + 32, b : b + 32]
+        assert torch.equal(kinds["reflect-crop-flip"][i], want.flip(2) if flips[i] else want)
+    assert (kinds["crop"] == 0).any() and not torch.equal(kinds["crop"], kinds["reflect-crop-flip"])
+    with pytest.raises(ConfigError, match="reflection padding is for the in-memory datasets"):
+        Config(dataset="imagefolder", data_dir="x", augment="reflect-crop-flip")

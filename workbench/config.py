@@ -56,7 +56,7 @@ CONV_BIASES = ("auto", "all", "none", "first")
 METHODS = ("sequential", "parallel", "multilap", "end-to-end")
 REGULARIZATIONS = ("none", "kinetic")
 LR_SCHEDULES = ("constant", "step", "cosine")
-AUGMENTS = ("auto", "none", "crop", "crop-flip", "resized-crop-flip")
+AUGMENTS = ("auto", "none", "crop", "crop-flip", "reflect-crop-flip", "resized-crop-flip")
 # per-channel (mean, std) of pixel / 255; "dataset" measures them on the training set
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "dataset": None,
@@ -104,7 +104,9 @@ class Config:
     n_train: int = 0  # training subset size; 0 = the whole training set
     n_test: int = 0  # test subset size; 0 = the whole test set
     subset: str = "balanced"  # n_train/n_test: balanced (seeded draw per class), first (first N)
-    augment: str = "auto"  # auto = the papers' choice for the dataset (crop+flip on CIFAR)
+    augment: str = (
+        "auto"  # auto = the papers' (crop+flip on CIFAR); reflect-crop-flip: TRGL's CIFAR
+    )
     normalization: str = "dataset"  # dataset (its training set's mean/std), or a paper's values
     image_size: int = 0  # streamed datasets: the training crop; 0 = the dataset's (224, Tiny 64)
     data_workers: int = 0  # streamed: loader processes, kept all run; 0 = a core each (CPU: <= 8)
@@ -341,8 +343,15 @@ def _validate_data(c: Config) -> None:
         )
     if c.resolved_augment == "resized-crop-flip" and not info.streamed:
         raise ConfigError(
-            f"augment: got 'resized-crop-flip' for {c.dataset}; allowed: none, crop, crop-flip "
-            f"(random resized crops are for the streamed datasets: {', '.join(streamed)})"
+            f"augment: got 'resized-crop-flip' for {c.dataset}; allowed: none, crop, crop-flip, "
+            "reflect-crop-flip (random resized crops are for the streamed datasets: "
+            f"{', '.join(streamed)})"
+        )
+    if c.resolved_augment == "reflect-crop-flip" and info.streamed:
+        raise ConfigError(
+            f"augment: got 'reflect-crop-flip' for {c.dataset}, which is streamed from image "
+            "files; allowed: auto, none, crop, crop-flip, resized-crop-flip (reflection padding "
+            "is for the in-memory datasets)"
         )
     for name in ("probe", "cache_features"):
         if getattr(c, name) and info.streamed:

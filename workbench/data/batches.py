@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from workbench.memory import free_memory_bytes
 
-AUGMENTATIONS = ("none", "crop", "crop-flip")
-CROP_PADDING = 4  # pixels of zero padding the random crop shifts within, as in the papers
+AUGMENTATIONS = ("none", "crop", "crop-flip", "reflect-crop-flip")
+CROP_PADDING = 4  # pixels of padding the random crop shifts within, as in the papers
 
 
 def normalization_tensors(
@@ -140,25 +140,36 @@ class Batches(BatchSource):
             yield self._augment(xb, gen), yb.to(self.device, non_blocking=True)
 
     def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        """Crop and flip on the device, still uint8 (so zero padding is black)."""
+        """Crop and flip on the device, still uint8 (so zero padding is black; reflect-crop-flip
+        pads by reflection, as TRGL's CIFAR loader does)."""
         if self.augment != "none":
-            x = _random_crop(x, CROP_PADDING, gen)
-        if self.augment == "crop-flip":
+            x = _random_crop(x, CROP_PADDING, gen, reflect=self.augment.startswith("reflect"))
+        if self.augment.endswith("flip"):
             flip = torch.rand(len(x), generator=gen, device=x.device) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         return x
 
 
-def _random_crop(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
-    """torchvision's RandomCrop(size, padding=pad) for a whole batch: one gather, no loop."""
+def _random_crop(x: Tensor, pad: int, gen: torch.Generator, reflect: bool = False) -> Tensor:
+    """torchvision's RandomCrop(size, padding=pad) for a whole batch: one gather, no loop;
+    `reflect`: its padding_mode="reflect" (the border mirrors the image, edge not repeated)."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
     dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=gen, device=x.device)
-    rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    rows = dy + torch.arange(h, device=x.device)  # indices into the padded image
+    cols = dx + torch.arange(w, device=x.device)
+    if reflect:  # indices into x itself: -1 -> 1, h -> h - 2
+        source, rows, cols = x, _mirror(rows - pad, h), _mirror(cols - pad, w)
+    else:
+        source = F.pad(x, (pad, pad, pad, pad))
     images = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     channels = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[images, channels, rows, cols]
+    return source[images, channels, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def _mirror(i: Tensor, n: int) -> Tensor:
+    """Reflect indices outside 0..n-1 back inside, as F.pad's mode="reflect" does."""
+    i = i.abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
 
 
 def _fits(x: Tensor, device: torch.device) -> bool:
