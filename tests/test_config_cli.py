@@ -57,6 +57,7 @@ def test_presets_follow_the_papers():
         0.1,
         "orthogonal",
     )
+    assert trgl.augment == "reflect-crop-flip"  # TRGL's CIFAR loader pads by reflection
 
 
 # (CLI arguments, field named in the error, text that must appear in it)

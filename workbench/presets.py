@@ -208,8 +208,8 @@ PRESETS: dict[str, Preset] = {
         "TRGL's recipe on a CIFAR-sized net: ResNet-32 (option-A shortcuts) in 4 modules, "
         "parallel, kinetic term tau=1 with varying tau, TRGL's 1CNN heads, orthogonal init. No "
         "paper number: TRGL's own CIFAR-10 experiment is 10 blocks, each its own module, and "
-        "its command is not in the reference code. TRGL's CIFAR loader pads crops by "
-        "reflection; this preset pads with zeros.",
+        "its command is not in the reference code. Crops are padded by reflection, as TRGL's "
+        "CIFAR loader (dataloaders9.py) pads them.",
         dict(
             _TRGL,
             dataset="cifar10",
@@ -219,7 +219,7 @@ PRESETS: dict[str, Preset] = {
             batch_size=256,
             lr=0.003,
             epochs=100,
-            augment="crop-flip",
+            augment="reflect-crop-flip",
         ),
     ),
     "trgl-resnet110-stl10": Preset(

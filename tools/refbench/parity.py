@@ -111,6 +111,13 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
+def verdict(gap: float, spread: float) -> str:
+    """`beyond` where the gap is larger than the combined spread; `n/a` with one seed a side."""
+    if math.isnan(spread):
+        return "n/a"
+    return "beyond" if abs(gap) > spread else "within"
+
+
 def table(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     """Per config, variant and module: each side's mean and sd, the gap and combined spread."""
     same = [
@@ -140,7 +147,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> list[dict]:
                     "ref_mean": ma, "ref_sd": sa, "ref_seeds": len(a),
                     "wb_mean": mb, "wb_sd": sb, "wb_seeds": len(b),
                     "gap": mb - ma, "combined_sd": spread,
-                    "verdict": "beyond" if abs(mb - ma) > spread else "within",
+                    "verdict": verdict(mb - ma, spread),
                 })  # fmt: skip
     return out
 
