@@ -76,12 +76,12 @@ def make_data_dir(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`workbench doctor --quick --json - --data-dir D`: exit code, report, stderr, folders."""
+    """`workbench doctor --quick --data-dir D --json`: exit code, report, stderr, folders."""
     base = tmp_path_factory.mktemp("doctor")
     data_dir = make_data_dir(base / "data")
     tmpdir = base / "tmp"
     tmpdir.mkdir()
-    args = ["doctor", "--quick", "--json", "-", "--data-dir", str(data_dir)]
+    args = ["doctor", "--quick", "--data-dir", str(data_dir), "--json"]  # no PATH: stdout
     code, out, err = workbench(args, base, DOCTOR_TIMEOUT_S, tmpdir)
     return {"code": code, "report": json.loads(out), "stderr": err, "tmpdir": tmpdir}
 
@@ -177,7 +177,7 @@ def test_a_data_dir_that_is_a_file_fails_its_check_and_exits_1(tmp_path: Path) -
     ("args", "names"),
     [
         (["--quick", "--bogus"], "--bogus"),
-        (["--quick", "--json"], "--json"),
+        (["--quick", "--json", ""], "--json"),
         (["--json", "{parent}/x.json"], "--json"),
         (["--json", "{folder}"], "--json"),
         (["--data-dir", ""], "--data-dir"),

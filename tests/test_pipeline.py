@@ -90,6 +90,20 @@ def test_a_worker_step_passes_no_gradient_across_the_boundary():
         second.step(out.requires_grad_(), y, lr=0.1)  # a graph must never reach a module
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_workers_head_takes_its_trunks_layout(channels_last):
+    """The trunk's output reaches the head in the worker's memory format, so the head's
+    convolutions are in it too (an NCHW head on NHWC inputs converts every batch)."""
+    config = Config(method="parallel", n_modules=2, width=8, aux_type="cnn", aux_depth=2)
+    config = config.replace(channels_last=channels_last)
+    model = build_model(config)
+    step = ModuleStep(config, 0, model.trunk[0], model.heads[0], "cpu")
+    wanted = torch.channels_last if channels_last else torch.contiguous_format
+    kernels = [p for p in [*step.trunk.parameters(), *step.head.parameters()] if p.dim() == 4]
+    assert any(p.shape[-1] > 1 for p in step.head.parameters() if p.dim() == 4)  # a 3x3 conv
+    assert kernels and all(p.is_contiguous(memory_format=wanted) for p in kernels)
+
+
 def test_replay_buffer_samples_the_least_used_then_the_freshest():
     """DGL's priority_lifo: fresh batches first, newest first; then reuse; the oldest is
     overwritten when the ring is full."""

@@ -75,6 +75,20 @@ def read_rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["point"]: row for row in csv.DictReader(f)}
 
 
+def test_gpus_are_dealt_to_workers_round_robin_as_cuda_reads_the_variable(monkeypatch):
+    from workbench.batch.sweep_cluster import gpu_of_worker, visible_gpus
+
+    # more workers than GPUs wrap around; a worker not named by a number, or no GPU, gets none
+    dealt = [gpu_of_worker(["5", "7"], w).get("CUDA_VISIBLE_DEVICES") for w in (0, 1, 2, "3")]
+    assert dealt == ["5", "7", "5", "7"]
+    assert gpu_of_worker(["5", "7"], "tcp://127.0.0.1:1") == {} and gpu_of_worker([], 0) == {}
+    # an entry such as -1 hides the rest from CUDA, so it ends the list here too
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 4,-1,6")
+    assert visible_gpus() == ["3", "4"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("sweep")

@@ -1,6 +1,6 @@
 """`workbench doctor`: whether the workbench works on this machine, and how fast.
 
-    workbench doctor [--data-dir DIR] [--json PATH] [--quick]
+    workbench doctor [--data-dir DIR] [--json [PATH]] [--quick]
 
 The command to run first on a new machine (well under a minute of runs on a 2-core CPU, a few
 minutes with a GPU). It reports, as measured:
@@ -19,7 +19,8 @@ minutes with a GPU). It reports, as measured:
    that ran: each run's precision against the capability table.
 
 --quick runs the CPU part only, on fewer images (CI bounds its time with it). --json PATH
-writes the same facts as one JSON object (atomically; `-`: stdout, the text then on stderr).
+writes the same facts as one JSON object (atomically; `-` or no PATH: stdout, the text then on
+stderr).
 Exit code 0 when every check passed, 1 when any failed (each failure one line, with its
 reason), 2 for a bad flag. Nothing in the library imports this package.
 """
@@ -43,7 +44,11 @@ def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to look for datasets (default data/)",
     )
     parser.add_argument(
-        "--json", metavar="PATH", help="also write the report as one JSON object (- for stdout)"
+        "--json",
+        metavar="PATH",
+        nargs="?",
+        const="-",
+        help="also write the report as one JSON object (no PATH or -: stdout)",
     )
     parser.add_argument(
         "--quick",
