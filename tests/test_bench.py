@@ -7,10 +7,10 @@ import math
 
 import torch
 
-from workbench.bench import forward_flops, tensor_memory
+from workbench.bench import tensor_memory
 from workbench.cli import main
 from workbench.config import Config
-from workbench.models import build_model
+from workbench.models import build_model, forward_flops
 
 METHODS = ("sequential", "parallel", "end-to-end")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -179,3 +181,26 @@ def test_kinetic_weight_and_varying_tau():
     c = Config(arch="resnet20", n_modules=4, regularization="kinetic", tau=2.0, varying_tau=True)
     assert [kinetic_weight(c, k) for k in range(4)] == [0.5, 0.5, 0.25, 0.25]
     assert kinetic_weight(c.replace(regularization="none"), 0) == 0.0
+
+
+def test_the_library_imports_nothing_that_sits_on_top_of_it():
+    """Imports point one way: the CLI, the UI, batch runs, the bench and the doctor use the
+    library (config, data, models, training, records, ...), never the reverse (FLOP counting
+    lived in bench/ and the cost model imported it: a 12-file circle)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "workbench"
+    on_top = ("cli", "ui", "batch", "bench", "doctor", "__main__")
+    wrong = []
+    for path in root.rglob("*.py"):
+        if path.relative_to(root).parts[0].removesuffix(".py") in on_top:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "workbench" and len(parts) > 1 and parts[1] in on_top:
+                    wrong.append(f"{path.relative_to(root)}:{node.lineno} imports {name}")
+    assert wrong == []

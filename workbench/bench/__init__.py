@@ -34,9 +34,9 @@ import sys
 from pathlib import Path
 
 from workbench.bench.common import SECTIONS
-from workbench.bench.variants import forward_flops, tensor_memory
+from workbench.bench.variants import tensor_memory
 
-__all__ = ["add_bench_arguments", "bench_main", "forward_flops", "tensor_memory"]
+__all__ = ["add_bench_arguments", "bench_main", "tensor_memory"]
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:

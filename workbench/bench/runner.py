@@ -27,7 +27,8 @@ from workbench.bench.fast_paths import FastPathSections
 from workbench.bench.loader import LoaderSections
 from workbench.bench.pipeline import PipelineSections
 from workbench.bench.runs import RunSections
-from workbench.bench.variants import forward_flops, tensor_memory, variant_class
+from workbench.bench.variants import tensor_memory, variant_class
+from workbench.models.flops import forward_flops
 
 
 class Bench(RunSections, FastPathSections, PipelineSections, DDPSections, LoaderSections):

@@ -1,4 +1,4 @@
-"""The engine with its fast paths switchable, FLOP counts and CPU tensor memory."""
+"""The engine with its fast paths switchable, and CPU tensor memory."""
 
 from __future__ import annotations
 
@@ -91,37 +91,6 @@ def variant_class() -> type:
             return [self.train_pass(phase, 0)[2] for phase in phases]
 
     return Variant
-
-
-def forward_flops(model: Any, x: Any) -> tuple[list[int], list[int]]:
-    """Forward FLOPs (2 x multiply-adds of Conv2d and Linear) per image: modules, then heads."""
-    import torch
-    from torch import nn
-
-    counts: dict[nn.Module, int] = {}
-
-    def hook(m: nn.Module, inputs: Any, out: Any) -> None:
-        per_image = out.numel() // out.shape[0]
-        if isinstance(m, nn.Conv2d):
-            macs = per_image * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        else:
-            macs = per_image * m.in_features
-        counts[m] = counts.get(m, 0) + 2 * macs
-
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles = [m.register_forward_hook(hook) for m in layers]
-    model.eval()
-    try:
-        with torch.no_grad():
-            model.per_module_logits(x)
-    finally:
-        for h in handles:
-            h.remove()
-
-    def total(part: nn.Module) -> int:
-        return sum(counts.get(m, 0) for m in part.modules())
-
-    return [total(m) for m in model.trunk], [total(h) for h in model.heads]
 
 
 def _tensor_memory_class() -> type:

@@ -5,6 +5,7 @@
     aux.py           the auxiliary heads (Belilovsky's, DGL's study, TRGL's 1CNN)
     downsampling.py  psi and the lossy alternatives
     net.py           LayerwiseNet and build_model
+    flops.py         forward FLOPs per image of each module and head
 
 Importing this package does not import torch (config validation reads `archs`); the names
 below load on first use.
@@ -18,6 +19,7 @@ _LAZY = {
     "LayerwiseNet": "workbench.models.net",
     "build_model": "workbench.models.net",
     "parameter_counts": "workbench.models.net",
+    "forward_flops": "workbench.models.flops",
     "BasicBlock": "workbench.models.trunks",
     "TrunkModule": "workbench.models.trunks",
     "InvertibleDownsampling": "workbench.models.downsampling",

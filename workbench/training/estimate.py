@@ -69,8 +69,7 @@ class CostModel:
 def module_flops(config: Config, num_classes: int) -> tuple[list[float], list[float]]:
     """Forward FLOPs per image of each module and head, counted on the meta device (nothing is
     allocated); equal shares where an architecture cannot be traced there."""
-    from workbench.bench import forward_flops
-    from workbench.models import build_model
+    from workbench.models import build_model, forward_flops
 
     try:
         with torch.device("meta"):
