@@ -27,7 +27,7 @@ from workbench.events import (
     format_duration,
 )
 from workbench.presets import PRESETS, Preset, preset
-from workbench.records import RunFailed, format_results
+from workbench.records import RunFailed, Status, format_results
 
 
 class _Parser(argparse.ArgumentParser):
@@ -225,7 +225,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     if not is_follower():  # under torchrun, rank 0 alone prints the results
         _print(format_results(summary))
-    return 0 if summary["status"] == "finished" else 1
+    return 0 if summary["status"] == Status.FINISHED else 1
 
 
 if __name__ == "__main__":

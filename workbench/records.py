@@ -14,6 +14,7 @@ data only, and are loaded with `weights_only=True`: loading a run folder never r
 
 from __future__ import annotations
 
+import enum
 import errno
 import fcntl
 import json
@@ -42,6 +43,28 @@ _REASONS = {  # the OS's words for what the user can act on, without the errno n
     errno.EPERM: "permission denied",
     errno.ENOTDIR: "a part of the path is a file",
 }
+
+
+class Status(str, enum.Enum):
+    """A run's status, as summary.json (and a sweep point's point.json) say it. A str, so it
+    is written to JSON and compared with what was read back as the plain word."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # never written: a run that says running but holds no lock
+
+    __hash__ = str.__hash__  # a dict keyed by the words finds the members too
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:  # a summary dict prints as it did when it held the plain word
+        return repr(self.value)
+
+
+ENDED = (Status.FINISHED, Status.STOPPED, Status.FAILED)  # what a run that returned says
 
 
 class RunFolderError(ConfigError):

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config import Config
-from workbench.records import LOCK_FILE, RESUMABLE_DIFFERENCES, RunFolderError, read_json_quietly
+from workbench.records import (
+    LOCK_FILE,
+    RESUMABLE_DIFFERENCES,
+    RunFolderError,
+    Status,
+    read_json_quietly,
+)
 
 # fields that never tell two runs apart for a reader: where the run lives, how fast it went,
 # how its data was read
@@ -136,9 +142,9 @@ def run_status(path: Path, summary: Mapping[str, Any] | None = None) -> str:
     """finished, stopped, failed, running (its lock is held), or interrupted (killed)."""
     summary = read_json_quietly(path / "summary.json") if summary is None else summary
     status = summary.get("status")
-    if status in ("finished", "stopped", "failed"):
+    if status in (Status.FINISHED, Status.STOPPED, Status.FAILED):
         return str(status)
-    return "running" if is_locked(path) else "interrupted"
+    return Status.RUNNING if is_locked(path) else Status.INTERRUPTED
 
 
 def is_locked(path: Path) -> bool:
@@ -202,7 +208,7 @@ def find_same_config(root: str | Path, config: Config) -> list[tuple[Path, str]]
 def find_resumable(root: str | Path, config: Config) -> Path | None:
     """The newest stopped or interrupted run of this config under root (what Start resumes)."""
     for path, status in find_same_config(root, config):
-        if status in ("stopped", "interrupted"):
+        if status in (Status.STOPPED, Status.INTERRUPTED):
             return path
     return None
 

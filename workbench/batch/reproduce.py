@@ -31,7 +31,7 @@ from typing import Any
 
 from workbench.config import Config, config_fields
 from workbench.presets import NON_EXPERIMENT_FIELDS, PRESETS, paper_presets
-from workbench.records import atomic_write_bytes
+from workbench.records import Status, atomic_write_bytes
 
 COLUMNS = (
     "preset",
@@ -52,7 +52,6 @@ COLUMNS = (
     "run_dirs",
 )
 MARKDOWN_COLUMNS = COLUMNS[:10]  # the rest (paths, seeds...) would make the table unreadable
-FINISHED = "finished"
 MODIFIED_COPY = "modified copy"
 # the fields that decide whether a paper's number is comparable at all
 IDENTITY_FIELDS = ("dataset", "arch")
@@ -196,7 +195,7 @@ def _distinct(values: Iterable[Any]) -> str:
 
 def _group_status(run: Run, metric: str) -> str:
     status = str(run.summary.get("status") or "unknown")
-    if status == FINISHED and _metric_percent(run.summary, metric) is None:
+    if status == Status.FINISHED and _metric_percent(run.summary, metric) is None:
         # a finished run without the number cannot be averaged; keep it visible on its own
         return f"finished, no {metric}"
     return status
@@ -243,7 +242,7 @@ def reproduction_table(
     rows = []
     # preset order, then unchanged before changed, then finished before the rest
     for key in sorted(
-        groups, key=lambda k: (order[k[0]], k[1] != "", k[1], k[2] != FINISHED, k[2])
+        groups, key=lambda k: (order[k[0]], k[1] != "", k[1], k[2] != Status.FINISHED, k[2])
     ):
         name, changed, status = key
         rows.append(_row(name, changed, status, groups[key], group_notes.get(key, "")))
@@ -254,7 +253,7 @@ def _row(name: str, changed: str, status: str, runs: list[Run], note: str) -> di
     preset = PRESETS[name]
     paper = preset.paper_number
     this_run = spread = difference = None
-    if status == FINISHED:
+    if status == Status.FINISHED:
         values = [_metric_percent(r.summary, preset.metric) for r in runs]
         numbers = [v for v in values if v is not None]  # all of them: see _group_status
         this_run = round(statistics.fmean(numbers), 2)

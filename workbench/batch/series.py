@@ -25,7 +25,7 @@ from typing import Any
 from workbench.batch.compare import read_json, write_csv
 from workbench.batch.notebook import EpochPrinter
 from workbench.config import Config
-from workbench.records import RESUMABLE_DIFFERENCES
+from workbench.records import RESUMABLE_DIFFERENCES, Status
 
 # Results of full-scale runs (a results.csv each, named after its notebook), committed when one
 # exists, so a notebook can draw the paper-scale result beside the laptop one.
@@ -276,10 +276,10 @@ def run_series(
     configs = variant_configs(base, variants, out_dir, seeds)
     printer = EpochPrinter(every_epoch=every_epoch)
     for (label, seed), config in configs.items():
-        done = read_json(Path(config.out) / "summary.json").get("status") == "finished"
+        done = read_json(Path(config.out) / "summary.json").get("status") == Status.FINISHED
         print(f"== {label}, seed {seed}" + (" (finished before: reused)" if done else ""))
         summary = run_experiment(config, callbacks=[printer])
-        if summary.get("status") != "finished":
+        if summary.get("status") != Status.FINISHED:
             raise RuntimeError(f"{label}, seed {seed}: the run ended as {summary.get('status')}")
     results = series_results({key: c.out for key, c in configs.items()})
     series = Series(results, list(variants))

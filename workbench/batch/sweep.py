@@ -58,7 +58,6 @@ from workbench.batch.sweep_grid import (
     results_rows,
 )
 from workbench.batch.sweep_point import (
-    FINISHED,
     KERNEL_GRACE_S,
     STOPPED_ERROR,
     execute_point,
@@ -68,6 +67,7 @@ from workbench.batch.sweep_point import (
 from workbench.config import ConfigError
 from workbench.records import (
     RunLock,
+    Status,
     atomic_write_bytes,
     atomic_write_json,
     os_reason,
@@ -77,7 +77,6 @@ from workbench.records import (
 from workbench.ui.plotly_js import write_shared_plotly_js
 
 __all__ = [  # what other modules import from here
-    "FINISHED",
     "Point",
     "SweepError",
     "SweepOutcome",
@@ -175,7 +174,7 @@ def _run_points(
     """run_sweep's body, inside the sweep folder's lock."""
     results = out / "results.csv"
     recover_finished(points)
-    skipped = [p.name for p in points if p.record().get("status") == FINISHED]
+    skipped = [p.name for p in points if p.record().get("status") == Status.FINISHED]
     todo = [p for p in points if p.name not in skipped]
     attempts = {p.name: p.record().get("attempt", 0) + 1 for p in todo}
     write_csv(results, results_rows(points, attempts))
@@ -252,14 +251,14 @@ def _submit_and_collect(
                     record = future.result()
                 except Exception as e:  # the task itself failed: its worker died, say
                     error = f"worker: {type(e).__name__}: {first_line(str(e))}"
-                    record = {**_current(point, attempts), "status": "failed", "error": error}
+                    record = {**_current(point, attempts), "status": Status.FAILED, "error": error}
                     record.update(finished_at=now(), recorded=False)
                 if not record.pop("recorded", True):
                     atomic_write_json(point.record_path, record)
-                (outcome.finished if record["status"] == FINISHED else outcome.failed).append(
-                    point.name
-                )
-                if record["status"] != FINISHED:
+                (
+                    outcome.finished if record["status"] == Status.FINISHED else outcome.failed
+                ).append(point.name)
+                if record["status"] != Status.FINISHED:
                     message = f"sweep: point {point.name} {record['status']}: {record['error']}"
                     bar.write(message, file=sys.stderr)
                 write_csv(outcome.results, results_rows(points, attempts))
@@ -296,13 +295,13 @@ def _wait_for_stopped(todo: Sequence[Point], attempts: Mapping[str, int]) -> Non
             p
             for p in todo
             if p.record().get("attempt") == attempts[p.name]
-            and p.record().get("status") == "running"
+            and p.record().get("status") == Status.RUNNING
         ]
 
     while running() and time.monotonic() < deadline:
         time.sleep(0.2)
     for point in running():
-        record = {**_current(point, attempts), "status": "stopped", "error": STOPPED_ERROR}
+        record = {**_current(point, attempts), "status": Status.STOPPED, "error": STOPPED_ERROR}
         atomic_write_json(point.record_path, {**record, "finished_at": now()})
 
 

@@ -29,7 +29,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.worker import thread_state
 
 from workbench.batch.sweep_point import STOPPED_ERROR, first_line, now
-from workbench.records import read_json_quietly
+from workbench.records import Status, read_json_quietly
 
 SCHEDULER_TIMEOUT_S = 5  # an unreachable scheduler is an error after this long, not a hang
 POLL_S = 0.5  # how often a running point looks for a stop
@@ -223,7 +223,10 @@ def run_point(job: dict[str, Any], stop_event: str) -> dict[str, Any]:
                 process.terminate()  # the point stops its kernel and records 'stopped'
                 stopping = True
     record = read_json_quietly(folder / "point.json")
-    if record.get("attempt") == job["attempt"] and record.get("status") not in (None, "running"):
+    if record.get("attempt") == job["attempt"] and record.get("status") not in (
+        None,
+        Status.RUNNING,
+    ):
         return {**record, "recorded": True}
     error = (
         STOPPED_ERROR
@@ -237,7 +240,7 @@ def run_point(job: dict[str, Any], stop_event: str) -> dict[str, Any]:
         "parameters": job["parameters"],
         "attempt": job["attempt"],
         "worker": worker.address,
-        "status": "stopped" if stopping else "failed",
+        "status": Status.STOPPED if stopping else Status.FAILED,
         "error": error,
         "finished_at": now(),
         "recorded": False,

@@ -24,9 +24,8 @@ from typing import Any
 
 from workbench.batch.compare import read_json, result_columns
 from workbench.batch.notebook import NOTEBOOK_PARAMETERS
-from workbench.batch.sweep_point import FINISHED
 from workbench.config import Config, ConfigError, config_fields
-from workbench.records import RESUMABLE_DIFFERENCES, atomic_write_json, read_json_quietly
+from workbench.records import RESUMABLE_DIFFERENCES, Status, atomic_write_json, read_json_quietly
 
 GRID_KEYS = ("fixed", "grid")
 SET_BY_SWEEP = ("out", *(name for name, *_ in NOTEBOOK_PARAMETERS))  # out, live, out_dir
@@ -234,11 +233,13 @@ def recover_finished(points: Sequence[Point]) -> None:
     could say so (point.json still 'running' or 'stopped')."""
     for point in points:
         record = point.record()
-        if record.get("status") == FINISHED:
+        if record.get("status") == Status.FINISHED:
             continue
         summary = read_json_quietly(point.run_dir / "summary.json")
-        if summary.get("status") == FINISHED:
-            record.update(status=FINISHED, error=None, recovered="from the run's summary.json")
+        if summary.get("status") == Status.FINISHED:
+            record.update(
+                status=Status.FINISHED, error=None, recovered="from the run's summary.json"
+            )
             atomic_write_json(point.record_path, record)
 
 

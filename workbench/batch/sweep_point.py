@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workbench.records import atomic_write_json, read_json_quietly
+from workbench.records import Status, atomic_write_json, read_json_quietly
 
-FINISHED = "finished"
 KERNEL_START_TRIES = 3  # a kernel that fails to start (a port taken meanwhile, say) is retried
 # A stopped kernel's run gets this long to record 'stopped', then SIGKILL. Generous: on a loaded
 # machine (several kernels training on two cores) a KeyboardInterrupt waits for the op in hand
@@ -58,7 +57,7 @@ def execute_point(job: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "name": job["name"],
         "parameters": job["parameters"],
-        "status": "running",
+        "status": Status.RUNNING,
         "error": None,
         "started_at": now(),
         "finished_at": None,
@@ -112,11 +111,11 @@ def _execute(job: dict[str, Any], notebook: Path, record: dict[str, Any]) -> Non
                 log_output=False,
             )
         except PapermillExecutionError as e:  # a cell raised: the point's own error
-            record.update(status="failed", error=f"{e.ename}: {first_line(e.evalue)}")
+            record.update(status=Status.FAILED, error=f"{e.ename}: {first_line(e.evalue)}")
             return
         except NoSuchKernel:
             error = f"kernel: no kernelspec named {job['kernel']!r} (see jupyter kernelspec list)"
-            record.update(status="failed", error=error)
+            record.update(status=Status.FAILED, error=error)
             return
         except Exception as e:  # the kernel died, or never started
             started = _cells_started(notebook)  # papermill stamps each cell as it starts it
@@ -127,11 +126,15 @@ def _execute(job: dict[str, Any], notebook: Path, record: dict[str, Any]) -> Non
             what = (
                 "" if started else f"kernel {job['kernel']!r} did not start after {tries} tries: "
             )
-            record.update(status="failed", error=f"{what}{type(e).__name__}: {first_line(str(e))}")
+            record.update(
+                status=Status.FAILED, error=f"{what}{type(e).__name__}: {first_line(str(e))}"
+            )
             return
         summary = read_json_quietly(Path(job["run_dir"]) / "summary.json")
-        status = summary.get("status", "failed")
-        error = None if status == FINISHED else summary.get("error") or f"the run ended {status}"
+        status = summary.get("status", Status.FAILED)
+        error = (
+            None if status == Status.FINISHED else summary.get("error") or f"the run ended {status}"
+        )
         record.update(status=status, error=error)
         return
 
@@ -147,7 +150,7 @@ def _stop_point(signum: int | None = None, frame: Any = None) -> None:
     job, record = _IN_FLIGHT.get("job"), _IN_FLIGHT.get("record")
     if job is not None and record is not None:
         _stop_kernels(Path(job["run_dir"]))
-        record.update(status="stopped", error=STOPPED_ERROR, finished_at=now())
+        record.update(status=Status.STOPPED, error=STOPPED_ERROR, finished_at=now())
         with contextlib.suppress(OSError):
             atomic_write_json(Path(job["folder"]) / "point.json", record)
     os._exit(143)
@@ -162,7 +165,7 @@ def _stop_kernels(run_dir: Path) -> None:
     deadline = time.monotonic() + KERNEL_GRACE_S
     while (
         time.monotonic() < deadline
-        and read_json_quietly(run_dir / "summary.json").get("status") == "running"
+        and read_json_quietly(run_dir / "summary.json").get("status") == Status.RUNNING
         and any(_alive(pid) for pid in kernels)
     ):
         time.sleep(0.1)

@@ -25,6 +25,7 @@ from typing import Any
 from workbench.bench.ddp import run_bounded, torchrun
 from workbench.config import Config
 from workbench.doctor.checks import Check, one_line
+from workbench.records import Status
 
 CHANCE = 0.1  # mnist-5k's 10 classes, its test subsets class-balanced
 SIGMAS = 5  # see the module's docstring
@@ -169,7 +170,7 @@ def run_record(
         "n_train": config.n_train,
         "n_test": config.n_test,
         "epochs": config.epochs,
-        "status": summary.get("status", "failed"),
+        "status": summary.get("status", Status.FAILED),
         "final_test_acc": accuracy,
         "accuracy_floor": round(floor, 4),
         "per_module_test_acc": summary.get("per_module_test_acc"),
@@ -185,7 +186,7 @@ def run_record(
         record["images_per_s"] = training_images_per_s(read_metrics(summary["run_dir"]))
     if summary.get("pipeline_workers"):  # each module's worker: its device and threads
         record["pipeline_devices"] = [w.get("device") for w in summary["pipeline_workers"]]
-    if error is None and record["status"] != "finished":
+    if error is None and record["status"] != Status.FINISHED:
         error = f"ended {record['status']}" + (
             f": {summary['error']}" if summary.get("error") else ""
         )
@@ -231,7 +232,7 @@ def run_in_process(
     finally:
         timer.cancel()
     seconds = time.perf_counter() - start
-    if summary and summary.get("status") == "stopped":
+    if summary and summary.get("status") == Status.STOPPED:
         if not overran.is_set():  # Ctrl-C: run_experiment ends the run as stopped
             raise KeyboardInterrupt
         error = f"ran past {limit_s:.0f} s and was stopped"

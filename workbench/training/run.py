@@ -15,7 +15,7 @@ from workbench.data import ImageData, load_data
 from workbench.events import RUN_END, Callback, StopRequested
 from workbench.memory import reset_peak_memory
 from workbench.models import build_model
-from workbench.records import RunDir, WriteError
+from workbench.records import RunDir, Status, WriteError
 from workbench.training.device import (
     applied,
     backend_settings,
@@ -54,7 +54,7 @@ def run_experiment(
         device = ranks.device if ranks else device
         reset_peak_memory(device)  # this run's peak, not the largest of any run in this process
         previous = run.read_summary()
-        if previous and previous.get("status") == "finished":
+        if previous and previous.get("status") == Status.FINISHED:
             return previous
         # cuDNN's autotuner and the TF32 choice for this run; the process's own are put back
         with applied(backend_settings(device, config.tf32)):
@@ -76,7 +76,7 @@ def _train(
     trainer_class = PipelinedTrainer if config.pipeline else Trainer
     trainer = make_trainer(trainer_class, config, run, model, data, device, callbacks, stop, clock)
     summary: dict[str, Any] = {
-        "status": "running",
+        "status": Status.RUNNING,
         "run_dir": str(run.path),
         "method": config.method,
         "arch": config.arch,
@@ -106,11 +106,11 @@ def _train(
         run.write_summary(summary)
         trainer.fit(summary)
         summary.update(trainer.final_summary())
-        summary["status"] = "finished"
+        summary["status"] = Status.FINISHED
     except (StopRequested, KeyboardInterrupt):
-        summary["status"] = "stopped"
+        summary["status"] = Status.STOPPED
     except Exception as e:
-        summary["status"] = "failed"
+        summary["status"] = Status.FAILED
         summary["error"] = f"{type(e).__name__}: {e}"
         summary["traceback"] = traceback.format_exc()
         raise
@@ -123,7 +123,7 @@ def _train(
         try:
             run.write_summary(summary)
         except WriteError:
-            if summary["status"] != "failed":  # else the error being raised says it already
+            if summary["status"] != Status.FAILED:  # else the error being raised says it already
                 raise
         finally:
             trainer.close()

@@ -25,7 +25,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from workbench.events import EPOCH_END, PROGRESS, RUN_END, RUN_START, format_duration
-from workbench.records import read_metrics
+from workbench.records import Status, read_metrics
 from workbench.runs import run_labels
 from workbench.ui.plots import (
     COLORS,
@@ -160,8 +160,10 @@ class LivePlots:
             self.probes = list(summary.get("per_module_probe_acc") or [])
         self.draw()
         status = summary.get("status", "?")
-        self.progress.bar_style = {"finished": "success", "failed": "danger"}.get(status, "warning")
-        if status == "finished":
+        self.progress.bar_style = {Status.FINISHED: "success", Status.FAILED: "danger"}.get(
+            status, "warning"
+        )
+        if status == Status.FINISHED:
             self.progress.value = self.progress.max
         self.progress_text.value = ""
         self.set_status(

@@ -28,7 +28,7 @@ from workbench.config import Config, ConfigError, config_fields
 from workbench.events import CONFIRM_ABOVE_S, ESTIMATE, RUN_END, describe_estimate, format_duration
 from workbench.field_help import field_help, field_label
 from workbench.presets import PRESETS
-from workbench.records import RunFailed, default_out
+from workbench.records import RunFailed, Status, default_out
 from workbench.runs import find_resumable, find_same_config
 from workbench.ui.live import LivePlots
 from workbench.ui.runs_browser import RunsBrowser
@@ -262,7 +262,7 @@ class WorkbenchPanel:
                 f"<code>{html.escape(str(resumable))}</code>"
             )
         found = find_same_config(self.runs_root, config)
-        finished = [path for path, status in found if status == "finished"]
+        finished = [path for path, status in found if status == Status.FINISHED]
         if finished:
             self.browser.refresh()
             self.browser.select.value = (str(finished[0]),)
