@@ -58,6 +58,10 @@ def test_presets_follow_the_papers():
         "orthogonal",
     )
     assert trgl.augment == "reflect-crop-flip"  # TRGL's CIFAR loader pads by reflection
+    # every reference code tests with BN's running averages, so its presets do too
+    references = [n for n, p in PRESETS.items() if p.reference or n.startswith(("dgl", "trgl"))]
+    assert len(references) >= 9 and all(not preset(n).precise_bn for n in references)
+    assert preset("quick").precise_bn  # the workbench's own presets keep the default
 
 
 # (CLI arguments, field named in the error, text that must appear in it)
