@@ -2,14 +2,18 @@
 and with the statistics re-estimated on the training images (a cumulative average over one
 unaugmented pass), for the reference code and for a workbench run, by the same procedure.
 
-    python tools/refbench/bn_check.py ref SEED EPOCHS   # trains module-wise's script's own way
-    python tools/refbench/bn_check.py wb RUN_DIR        # a finished run_wb_trgl.sh run
+    python tools/refbench/bn_check.py ref SEED EPOCHS [RUN_DIR]  # module-wise's own training
+    python tools/refbench/bn_check.py wb RUN_DIR                 # a finished run_wb_trgl.sh run
 
 The reference side imports resnet20-2modules-cifar10.py from $REFBENCH_DIR/module-wise and
 trains with its own train_par on its own loaders (the first $REFBENCH_NTRAIN training and
 $REFBENCH_NTEST test images), so its running-average accuracy is the number its log prints.
 At 3 epochs of lr 0.002 the running averages lag the weights (momentum 0.1 averages about the
 last 10 batches, and the weights move); the re-estimated accuracy is what the weights give.
+With RUN_DIR, the reference side also tests its trained modules (running averages) on that
+workbench run's test tensors ("running_on_wb_test"): equal to "running" up to the two codes'
+normalization constants, it shows that both evaluation pipelines give one number for one set
+of weights, so a gap between the codes lies in what was trained.
 Prints one JSON line: {"side", "running": [...], "reestimated": [...]}.
 """
 
@@ -35,7 +39,7 @@ def _reset(modules: list[nn.Module]) -> None:
                 bn.momentum = None  # a cumulative average
 
 
-def reference(seed: int, epochs: int) -> dict:
+def reference(seed: int, epochs: int, run_dir: str | None = None) -> dict:
     import numpy as np
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Subset
@@ -83,7 +87,32 @@ def reference(seed: int, epochs: int) -> dict:
             for m in copies:
                 m.train()
                 _, x, _ = m(x)
-    return {"side": "ref", "running": running, "reestimated": ref.test_par(copies, loss, test)}
+    result = {"side": "ref", "running": running, "reestimated": ref.test_par(copies, loss, test)}
+    if run_dir is not None:
+        for m in modules:
+            m.eval()
+        correct, seen = [0] * len(modules), 0
+        with torch.no_grad():
+            for x, y in _workbench_test(run_dir):
+                for k, m in enumerate(modules):
+                    out, x, _ = m(x)
+                    correct[k] += int((out.argmax(1) == y).sum())
+                seen += len(y)
+        result["running_on_wb_test"] = [c / seen for c in correct]
+    return result
+
+
+def _workbench_test(run_dir: str):
+    """A workbench run's test images, normalized as it normalizes them, in batches of 500."""
+    from workbench.config import Config
+    from workbench.data import load_data
+
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    config = Config(**{k: v for k, v in saved.items() if k in Config.__dataclass_fields__})
+    data = load_data(config)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.mean, data.std))
+    for i in range(0, len(data.test_y), 500):
+        yield (data.test_x[i : i + 500].float() / 255 - mean) / std, data.test_y[i : i + 500]
 
 
 def workbench(run_dir: str) -> dict:
@@ -125,7 +154,7 @@ def workbench(run_dir: str) -> dict:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["ref"]:
-        result = reference(int(sys.argv[2]), int(sys.argv[3]))
+        result = reference(int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])
     else:
         result = workbench(sys.argv[2])
     print(json.dumps(result))
