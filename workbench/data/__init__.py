@@ -455,6 +455,12 @@ def make_batches(
 PRECISE_BN_MAX = 4096  # images a BatchNorm re-estimate reads at most (pycls reads 8192 on ImageNet)
 
 
+def statistics_count(n_train: int, batch_size: int) -> int:
+    """How many training images BatchNorm statistics are re-estimated on: a tenth of the
+    training set, one batch at least, PRECISE_BN_MAX at most (the cost model counts these)."""
+    return min(n_train, PRECISE_BN_MAX, max(batch_size, n_train // 10))
+
+
 def statistics_indices(data: ImageData | StreamedData, config: Config) -> Tensor:
     """A fixed, class-balanced tenth of the training set (one batch at least, 4096 images at
     most), in order: the images BatchNorm statistics are re-estimated on.
@@ -463,7 +469,7 @@ def statistics_indices(data: ImageData | StreamedData, config: Config) -> Tensor
     fixed sample drawn from its own seed leaves the training batches' order untouched.
     """
     labels = data.train_y
-    n = min(len(labels), PRECISE_BN_MAX, max(config.batch_size, len(labels) // 10))
+    n = statistics_count(len(labels), config.batch_size)
     return _balanced_indices(labels, n, MNIST5K_SPLIT_SEED + config.seed)
 
 

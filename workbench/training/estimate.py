@@ -19,12 +19,12 @@ from typing import Any
 import torch
 
 from workbench.config import Config
+from workbench.data import statistics_count
 from workbench.events import ESTIMATE, PROGRESS
 from workbench.training.methods import Phase
 
 PROBE_STEPS = 5  # timed steps after the first...
 PROBE_SECONDS = 10.0  # ...or this long, whichever comes first
-STATS_IMAGES = 4096  # precise BN's at most (a tenth of the training set)
 
 
 @dataclass
@@ -40,7 +40,7 @@ class CostModel:
     @classmethod
     def of(cls, config: Config, num_classes: int, n_train: int, n_test: int) -> CostModel:
         trunk, heads = module_flops(config, num_classes)
-        n_stats = min(STATS_IMAGES, n_train // 10) if config.precise_bn else 0
+        n_stats = statistics_count(n_train, config.batch_size) if config.precise_bn else 0
         return cls(trunk, heads, n_train, n_test, n_stats)
 
     def train_per_image(self, phase: Phase) -> float:
