@@ -21,6 +21,7 @@ from typing import Any
 
 from workbench.config import Config
 from workbench.records import (
+    ENDED,
     LOCK_FILE,
     RESUMABLE_DIFFERENCES,
     RunFolderError,
@@ -142,7 +143,7 @@ def run_status(path: Path, summary: Mapping[str, Any] | None = None) -> str:
     """finished, stopped, failed, running (its lock is held), or interrupted (killed)."""
     summary = read_json_quietly(path / "summary.json") if summary is None else summary
     status = summary.get("status")
-    if status in (Status.FINISHED, Status.STOPPED, Status.FAILED):
+    if status in ENDED:
         return str(status)
     return Status.RUNNING if is_locked(path) else Status.INTERRUPTED
 

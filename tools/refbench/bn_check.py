@@ -102,8 +102,8 @@ def reference(seed: int, epochs: int, run_dir: str | None = None) -> dict:
     return result
 
 
-def _workbench_test(run_dir: str):
-    """A workbench run's test images, normalized as it normalizes them, in batches of 500."""
+def _workbench_run(run_dir: str):
+    """A finished workbench run's config, its data and the normalization it trained with."""
     from workbench.config import Config
     from workbench.data import load_data
 
@@ -111,30 +111,34 @@ def _workbench_test(run_dir: str):
     config = Config(**{k: v for k, v in saved.items() if k in Config.__dataclass_fields__})
     data = load_data(config)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.mean, data.std))
-    for i in range(0, len(data.test_y), 500):
-        yield (data.test_x[i : i + 500].float() / 255 - mean) / std, data.test_y[i : i + 500]
+    return config, data, mean, std
+
+
+def _batches(x, y, size: int, mean, std):
+    """uint8 images in order, normalized, in batches of `size`, with their labels."""
+    for i in range(0, len(y), size):
+        yield (x[i : i + size].float() / 255 - mean) / std, y[i : i + size]
+
+
+def _workbench_test(run_dir: str):
+    """A workbench run's test images, normalized as it normalizes them, in batches of 500."""
+    _, data, mean, std = _workbench_run(run_dir)
+    return _batches(data.test_x, data.test_y, 500, mean, std)
 
 
 def workbench(run_dir: str) -> dict:
-    from workbench.config import Config
-    from workbench.data import load_data
     from workbench.models.net import build_model
 
-    saved = json.loads((Path(run_dir) / "config.json").read_text())
-    config = Config(**{k: v for k, v in saved.items() if k in Config.__dataclass_fields__})
+    config, data, mean, std = _workbench_run(run_dir)
     model = build_model(config)
     state = torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)
     model.load_state_dict(state["model"])
-    data = load_data(config)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.mean, data.std))
 
     def accuracies(net: nn.Module) -> list[float]:
         net.eval()
         correct = [0] * len(net.trunk)
         with torch.no_grad():
-            for i in range(0, len(data.test_y), 500):
-                x = (data.test_x[i : i + 500].float() / 255 - mean) / std
-                y = data.test_y[i : i + 500]
+            for x, y in _batches(data.test_x, data.test_y, 500, mean, std):
                 for k, (trunk, head) in enumerate(zip(net.trunk, net.heads, strict=True)):
                     x = trunk(x)
                     correct[k] += int((head(x).argmax(1) == y).sum())
@@ -144,8 +148,7 @@ def workbench(run_dir: str) -> dict:
     _reset([model])
     model.train()
     with torch.no_grad():
-        for i in range(0, len(data.train_y), 128):
-            x = (data.train_x[i : i + 128].float() / 255 - mean) / std
+        for x, _ in _batches(data.train_x, data.train_y, 128, mean, std):
             for trunk, head in zip(model.trunk, model.heads, strict=True):
                 x = trunk(x)
                 head(x)
