@@ -186,7 +186,7 @@ def test_finished_modules_release_their_gradients_and_optimizer(tmp_path, traine
             grads = [
                 any(p.grad is not None for p in t.model.trunk[k].parameters()) for k in range(3)
             ]
-            seen.append((sorted(t.optimizers), grads))
+            seen.append((sorted(t.learners), grads))
 
     run_experiment(tiny(tmp_path, n_modules=3), callbacks=[on_epoch])
     assert seen == [

@@ -23,12 +23,12 @@ from conftest import tiny
 from workbench import Config, run_experiment
 from workbench.data import load_data
 from workbench.events import EPOCH_END, PROGRESS, RUN_START
+from workbench.local.optim import make_sgd, update
 from workbench.memory import cuda_free_bytes, peak_memory_bytes, reset_peak_memory
 from workbench.models import build_model
 from workbench.records import RunDir, RunFailed, read_metrics
 from workbench.training import Trainer, device, engine, estimate
 from workbench.training.evaluation import eval_batch_size_within, largest_output_bytes
-from workbench.training.local import make_sgd, update
 from workbench.training.pipeline import shared_gpus, worker_devices
 
 CPU = torch.device("cpu")

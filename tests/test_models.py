@@ -9,8 +9,8 @@ import torch
 
 from workbench import Config, ConfigError
 from workbench.config import ARCHS, accelerated_positions
+from workbench.local import kinetic
 from workbench.models import BasicBlock, InvertibleDownsampling, TrunkModule, build_model
-from workbench.regularizers import kinetic_weight
 
 
 def test_invertible_downsampling_is_exactly_invertible():
@@ -165,7 +165,7 @@ def test_kinetic_energy_is_the_mean_squared_residual():
     blocks = [BasicBlock(4, 4, None), BasicBlock(4, 8, "stride"), BasicBlock(8, 16, "invertible")]
     module = TrunkModule(*blocks).eval()
     x = torch.randn(3, 4, 8, 8)
-    out, energy = module.forward_with_kinetic(x)
+    out, energy = kinetic.forward_with_energy(module, x)
     expected, h = 0.0, x
     for b in blocks:  # by hand: r = branch(P x); out = relu(shortcut(P x) + r)
         p = b.down(h)
@@ -179,8 +179,8 @@ def test_kinetic_energy_is_the_mean_squared_residual():
 
 def test_kinetic_weight_and_varying_tau():
     c = Config(arch="resnet20", n_modules=4, regularization="kinetic", tau=2.0, varying_tau=True)
-    assert [kinetic_weight(c, k) for k in range(4)] == [0.5, 0.5, 0.25, 0.25]
-    assert kinetic_weight(c.replace(regularization="none"), 0) == 0.0
+    assert [kinetic.weight(c, k) for k in range(4)] == [0.5, 0.5, 0.25, 0.25]
+    assert kinetic.weight(c.replace(regularization="none"), 0) == 0.0
 
 
 def test_the_library_imports_nothing_that_sits_on_top_of_it():

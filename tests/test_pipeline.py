@@ -18,14 +18,15 @@ from workbench import run_experiment
 from workbench.cli import main
 from workbench.config import Config, ConfigError
 from workbench.events import EPOCH_END
+from workbench.local.objective import LocalInputs
 from workbench.models import build_model
 from workbench.records import RunFailed, read_metrics
 from workbench.training.pipeline_worker import (
     QUEUE_DEPTH,
     Inbox,
-    ModuleStep,
     ReplayBuffer,
     staleness_bound,
+    worker_learner,
 )
 
 
@@ -68,18 +69,20 @@ def test_a_worker_step_passes_no_gradient_across_the_boundary():
     gradients stay as its own step left them, and what it hands on is a detached leaf."""
     config = Config(method="parallel", n_modules=2, width=8, device="cpu")
     model = build_model(config)
-    first = ModuleStep(config, 0, model.trunk[0], model.heads[0], "cpu")
-    second = ModuleStep(config, 1, model.trunk[1], model.heads[1], "cpu")
+    first = worker_learner(config, 0, model.trunk[0], model.heads[0], "cpu")
+    second = worker_learner(config, 1, model.trunk[1], model.heads[1], "cpu")
     x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
-    out, ce, correct, finite, skipped = first.step(x, y, lr=0.1)
+    result = first.step(LocalInputs(x, y), lr=0.1)
+    out = result.output
     assert not out.requires_grad and out.is_leaf and out.grad_fn is None
-    assert skipped is None  # fp32: no loss scaler
-    assert bool(finite) and 0 <= int(correct) <= 16 and ce.item() > 0
+    assert result.skipped is None  # fp32: no loss scaler
+    assert bool(torch.isfinite(result.loss[0])) and 0 <= int(result.correct[0]) <= 16
+    assert result.reported[0].item() > 0
 
     weights = _state(model.trunk[0]) | {f"head.{k}": v for k, v in _state(model.heads[0]).items()}
     grads = [p.grad.clone() for p in first.optimizer.param_groups[0]["params"]]
     second_before = _state(model.trunk[1])
-    second.step(out, y, lr=0.1)
+    second.step(LocalInputs(out, y), lr=0.1)
     after = _state(model.trunk[0]) | {f"head.{k}": v for k, v in _state(model.heads[0]).items()}
     assert all(torch.equal(weights[k], after[k]) for k in weights)
     params = first.optimizer.param_groups[0]["params"]
@@ -87,7 +90,7 @@ def test_a_worker_step_passes_no_gradient_across_the_boundary():
     assert any(not torch.equal(v, model.trunk[1].state_dict()[k]) for k, v in second_before.items())
 
     with pytest.raises(RuntimeError, match="requires grad"):
-        second.step(out.requires_grad_(), y, lr=0.1)  # a graph must never reach a module
+        second.step(LocalInputs(out.requires_grad_(), y), lr=0.1)  # no graph reaches a module
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -97,10 +100,10 @@ def test_a_workers_head_takes_its_trunks_layout(channels_last):
     config = Config(method="parallel", n_modules=2, width=8, aux_type="cnn", aux_depth=2)
     config = config.replace(channels_last=channels_last)
     model = build_model(config)
-    step = ModuleStep(config, 0, model.trunk[0], model.heads[0], "cpu")
+    learner = worker_learner(config, 0, model.trunk[0], model.heads[0], "cpu")
     wanted = torch.channels_last if channels_last else torch.contiguous_format
-    kernels = [p for p in [*step.trunk.parameters(), *step.head.parameters()] if p.dim() == 4]
-    assert any(p.shape[-1] > 1 for p in step.head.parameters() if p.dim() == 4)  # a 3x3 conv
+    kernels = [p for p in learner.parameters() if p.dim() == 4]
+    assert any(p.shape[-1] > 1 for p in learner.heads[0].parameters() if p.dim() == 4)  # 3x3
     assert kernels and all(p.is_contiguous(memory_format=wanted) for p in kernels)
 
 
@@ -135,7 +138,7 @@ def test_an_inbox_never_hands_out_a_batch_older_than_its_bound(replay, producer_
         step = 0
         while not stop.is_set():
             try:
-                q.put((step, torch.full((2,), float(step)), torch.zeros(2)), timeout=0.05)
+                q.put((step, torch.full((2,), float(step)), torch.zeros(2), None), timeout=0.05)
             except queue.Full:
                 continue
             step += 1
@@ -148,7 +151,7 @@ def test_an_inbox_never_hands_out_a_batch_older_than_its_bound(replay, producer_
     try:
         taken = []
         for _ in range(60):
-            step, x, _, age = inbox.take()
+            step, x, _, _, age = inbox.take()
             assert x[0].item() == step  # the batch is the one its step index names
             taken.append((step, age))
             time.sleep(0.002 if producer_sleep > 0.01 else 0.01)  # faster than it, or slower

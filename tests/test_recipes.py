@@ -59,7 +59,7 @@ def test_step_decay_restarts_momentum_only_when_asked(tmp_path, trainers):
 
         def grab(event, info, restart=restart):
             if event == "epoch_end" and info["global_epoch"] == 2:
-                opt = trainers[-1].optimizers["0"]
+                opt = trainers[-1].learners["0"].optimizer
                 p = trainers[-1].model.trunk[0][0].conv.weight
                 buffers[restart] = (opt.state[p]["momentum_buffer"].clone(), p.grad.clone())
 

@@ -11,6 +11,7 @@ from conftest import tiny
 
 from workbench import run_experiment
 from workbench.events import EPOCH_END, MODULE_DONE, RUN_END, RUN_START
+from workbench.local import LocalLearner
 from workbench.records import read_metrics
 from workbench.training import Trainer, plan
 
@@ -96,20 +97,24 @@ def test_end_to_end_backprop_reaches_the_first_module_but_probes_do_not(tmp_path
     read-out heads of modules 1..K-1 train on detached features, so they add nothing to it.
     """
     checked: list[float] = []
-    original_step = Trainer.end_to_end_step
+    original_step = LocalLearner.step
 
-    def spy_step(self, x, y, stats):
-        params = list(self.model.trunk[0].parameters())
+    def spy_step(self, inputs, lr):
+        assert self.joint and self.modules == (0, 1, 2)  # one learner: the phase is joint
+        params = list(self.trunk[0].parameters())
         before = [p.detach().clone() for p in params]
-        main_loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        x = inputs.x
+        for module in self.trunk:
+            x = module(x)
+        main_loss = torch.nn.functional.cross_entropy(self.heads[-1](x), inputs.y)
         reference = torch.autograd.grad(main_loss, params)
-        original_step(self, x, y, stats)
-        lr = self.config.lr
+        result = original_step(self, inputs, lr)
         for p, b, g in zip(params, before, reference):
             assert torch.allclose(b - p.detach(), lr * g, atol=1e-6, rtol=1e-4)
         checked.append(sum(g.abs().sum().item() for g in reference))
+        return result
 
-    monkeypatch.setattr(Trainer, "end_to_end_step", spy_step)
+    monkeypatch.setattr(LocalLearner, "step", spy_step)
     config = tiny(
         tmp_path,
         method="end-to-end",

@@ -13,7 +13,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from workbench.models import archs
+from workbench.local import kinetic
+from workbench.local.objectives import OBJECTIVES
+from workbench.models import archs, heads
 
 
 class ConfigError(ValueError):
@@ -48,13 +50,13 @@ DATASETS: dict[str, DatasetInfo] = {
 
 ARCHS = archs.ARCHS
 accelerated_positions = archs.accelerated_positions  # re-exported: Ma et al.'s schedule
-AUX_TYPES = ("cnn", "mlp", "mlp-sr", "1cnn")
-LAST_AUX_TYPES = ("same", *AUX_TYPES, "vgg")
+AUX_TYPES = heads.AUX_TYPES
+LAST_AUX_TYPES = ("same", *AUX_TYPES, *heads.LAST_ONLY_TYPES)
 DOWNSAMPLINGS = ("auto", "invertible", "maxpool", "avgpool", "stride")
 SHORTCUTS = ("auto", "A", "B")
 CONV_BIASES = ("auto", "all", "none", "first")
 METHODS = ("sequential", "parallel", "multilap", "end-to-end")
-REGULARIZATIONS = ("none", "kinetic")
+REGULARIZATIONS = ("none", kinetic.NAME)
 LR_SCHEDULES = ("constant", "step", "cosine")
 AUGMENTS = ("auto", "none", "crop", "crop-flip", "reflect-crop-flip", "resized-crop-flip")
 # per-channel (mean, std) of pixel / 255; "dataset" measures them on the training set
@@ -84,6 +86,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "downsampling": DOWNSAMPLINGS,
     "init": INITS,
     "method": METHODS,
+    "objective": OBJECTIVES,
     "regularization": REGULARIZATIONS,
     "lr_schedule": LR_SCHEDULES,
     "eval_protocol": EVAL_PROTOCOLS,
@@ -136,6 +139,7 @@ class Config:
     laps: int = 2  # multilap only: passes over the modules, epochs/laps epochs each per lap
     pipeline: bool = False  # parallel: each module trains in its own process or GPU, pipelined
     replay_buffer: int = 0  # pipeline: DGL's async buffer of M batches per module; 0 = in lockstep
+    objective: str = "cross-entropy"  # each module's local loss: one of OBJECTIVES
     regularization: str = "none"  # kinetic: TRGL's transport (kinetic-energy) term
     tau: float = 1.0  # kinetic weight is 1/(2 tau): large tau = weak regularization
     varying_tau: bool = False  # the first half of the modules use tau/2
@@ -227,12 +231,6 @@ class Config:
         if self.aux_pool == "auto":
             return None
         return [int(p) for p in self.aux_pool.split(",")]
-
-    def tau_for_module(self, module: int) -> float:
-        """TRGL's "varying tau": the first half of the modules use tau / 2."""
-        if self.varying_tau and module < self.n_modules // 2:
-            return self.tau / 2
-        return self.tau
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
@@ -409,11 +407,9 @@ def _validate_model(c: Config) -> None:
             raise ConfigError(f"{name}: got {depth}; allowed: {what} to {MAX_AUX_DEPTH}")
     _at_least("aux_width", c.aux_width, 0, "0 (the module's width) or a positive width")
     _validate_aux_pool(c)
-    if c.regularization == "kinetic" and arch.kind != "resnet":
-        raise ConfigError(
-            f"regularization: got 'kinetic' for {c.arch}, which has no residual blocks (the "
-            "kinetic term penalises residual branches); allowed: none, or a resnet arch"
-        )
+    problem = kinetic.check(c)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _validate_aux_pool(c: Config) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from workbench.config import Config
+from workbench.config import DEFAULTS, Config
 from workbench.records import (
     ENDED,
     LOCK_FILE,
@@ -49,6 +49,7 @@ FIRST_IN_LABELS = (
     "method",
     "aux_depth",
     "arch",
+    "objective",
     "regularization",
     "tau",
     "downsampling",
@@ -70,7 +71,8 @@ def varying_fields(configs: Sequence[Mapping[str, Any]]) -> list[str]:
     differ = [
         n
         for n in names
-        if n not in NOT_LABELS and len({json.dumps(c.get(n), sort_keys=True) for c in configs}) > 1
+        if n not in NOT_LABELS
+        and len({json.dumps(saved_value(c, n), sort_keys=True) for c in configs}) > 1
     ]
     return sorted(differ, key=lambda n: FIRST_IN_LABELS.index(n) if n in FIRST_IN_LABELS else 99)
 
@@ -105,7 +107,7 @@ def run_labels(
     names = list(names) if names is not None else [f"run {i + 1}" for i in range(len(configs))]
     differ = varying_fields(configs)
     if differ:
-        labels = [label({n: c.get(n) for n in differ}) for c in configs]
+        labels = [label({n: saved_value(c, n) for n in differ}) for c in configs]
     else:
         labels = [f"{c.get('arch', 'run')} {c.get('method', '')}".strip() for c in configs]
     tied: dict[str, list[str]] = {}
@@ -193,7 +195,17 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
 def same_config(saved: Mapping[str, Any], config: Config) -> bool:
     """Whether a saved config.json is this config (up to fields a resume may change)."""
     wanted = config.to_dict()
-    return all(saved.get(k) == v for k, v in wanted.items() if k not in RESUMABLE_DIFFERENCES)
+    return all(
+        saved_value(saved, k) == v for k, v in wanted.items() if k not in RESUMABLE_DIFFERENCES
+    )
+
+
+def saved_value(saved: Mapping[str, Any], name: str) -> Any:
+    """A field of a saved config.json; a field added since it was written reads as its default
+    (what the run used), so older folders compare and resume as they are."""
+    if saved and name not in saved:
+        return DEFAULTS.get(name)
+    return saved.get(name)
 
 
 def find_same_config(root: str | Path, config: Config) -> list[tuple[Path, str]]:

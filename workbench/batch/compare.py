@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.records import atomic_write_bytes, read_metrics
-from workbench.runs import run_labels, varying_fields
+from workbench.runs import run_labels, saved_value, varying_fields
 
 DEFAULT_RUNS = "runs"  # where the panel and `workbench run` put runs (records' default `out`)
 FIGURES = ("accuracy", "loss", "depth", "separability")  # what Comparison.show can be asked for
@@ -106,7 +106,7 @@ def comparison_table(
     names = list(labels) if labels is not None else run_labels(configs, [str(p) for p in runs])
     rows = []
     for name, path, config, summary in zip(names, runs, configs, summaries):
-        values = {field_name: config.get(field_name) for field_name in differing}
+        values = {name: saved_value(config, name) for name in differing}
         rows.append(
             {
                 "label": name,

@@ -2,7 +2,7 @@
 
     archs.py         what each architecture is (units, widths, downsampling, shortcuts); no torch
     trunks.py        the units: conv layers, residual blocks, the stem
-    aux.py           the auxiliary heads (Belilovsky's, DGL's study, TRGL's 1CNN)
+    heads/           the auxiliary heads, a family per file (Belilovsky's, DGL's, TRGL's 1CNN)
     downsampling.py  psi and the lossy alternatives
     net.py           LayerwiseNet and build_model
     flops.py         forward FLOPs per image of each module and head
@@ -23,7 +23,8 @@ _LAZY = {
     "BasicBlock": "workbench.models.trunks",
     "TrunkModule": "workbench.models.trunks",
     "InvertibleDownsampling": "workbench.models.downsampling",
-    "make_aux_head": "workbench.models.aux",
+    "build_head": "workbench.models.heads",
+    "HeadSpec": "workbench.models.heads",
 }
 __all__ = sorted(_LAZY)
 

@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from workbench.config import Config
+from workbench.local.objectives import objective_class
 from workbench.models.archs import architecture, module_groups, unit_plan
-from workbench.models.aux import make_aux_head
+from workbench.models.heads import HeadSpec
 from workbench.models.trunks import TrunkModule, build_unit
 
 
@@ -87,6 +88,7 @@ def build_model(
     batchnorm = config.batchnorm or architecture(config).kind == "resnet"
     trunk, heads = [], []
     pool_kernels = config.aux_pool_kernels()
+    objective = objective_class(config.objective)  # it builds each module's head
     for k, group in enumerate(groups):
         out = plan[group[-1]]
         c = out.out_channels
@@ -99,7 +101,8 @@ def build_model(
         trunk.append(TrunkModule(*(units[i] for i in group)))
         pool = pool_kernels[k] if pool_kernels else None
         width = max(1, aux_width)
-        heads.append(make_aux_head(c, classes, depth, kind, width, out.size, batchnorm, pool))
+        spec = HeadSpec(kind, depth, c, classes, width, out.size, batchnorm, pool)
+        heads.append(objective.build_head(spec))
     model = LayerwiseNet(trunk, heads)
     if initialize and config.init == "orthogonal":
         _orthogonal_init(model)

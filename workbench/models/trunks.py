@@ -93,18 +93,8 @@ class BasicBlock(nn.Module):
 
 
 class TrunkModule(nn.Sequential):
-    """A group of consecutive units trained together against one auxiliary head."""
-
-    def forward_with_kinetic(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(output, kinetic energy): sum over residual blocks m of mean(r_m^2) (TRGL)."""
-        energy = x.new_zeros(())
-        for unit in self:
-            if isinstance(unit, BasicBlock):
-                x, r = unit.forward_residual(x)
-                energy = energy + r.pow(2).mean()
-            else:
-                x = unit(x)
-        return x, energy
+    """A group of consecutive units trained together against one auxiliary head (the kinetic
+    term reads its residual blocks' branches: local/kinetic.py)."""
 
 
 def stem(in_channels: int, width: int) -> nn.Sequential:

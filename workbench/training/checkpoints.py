@@ -43,8 +43,11 @@ class CheckpointMixin:
     def save(self, phase_index: int, epochs_done: int, metrics_rows: int, elapsed: float) -> None:
         state = self.resume_point(phase_index, epochs_done, metrics_rows, elapsed)
         state["model"] = self.model.state_dict()
-        state["optimizers"] = {k: o.state_dict() for k, o in self.optimizers.items()}
-        state["scalers"] = {k: s.state_dict() for k, s in self.scalers.items()}  # fp16's
+        learners = self.learners.items()
+        state["optimizers"] = {k: learner.optimizer.state_dict() for k, learner in learners}
+        state["scalers"] = {  # fp16's
+            k: learner.scaler.state_dict() for k, learner in learners if learner.scaler is not None
+        }
         self.run.save_checkpoint(LAST, state)
 
     def save_module(self, k: int, resume: dict[str, Any] | None) -> None:
@@ -73,7 +76,7 @@ class CheckpointMixin:
             return 0, 0
         self.model.load_state_dict(state["model"])
         for key, opt_state in state["optimizers"].items():
-            self.optimizer(key).load_state_dict(opt_state)
+            self.learner(key).optimizer.load_state_dict(opt_state)
         self.load_scalers(state.get("scalers", {}))  # none before fp16 runs existed
         phase, done = self.restore_point(state)
         start = (phase + 1, 0) if done == self.phases[phase].epochs else (phase, done)
@@ -83,7 +86,7 @@ class CheckpointMixin:
     def load_scalers(self, states: dict[str, dict[str, Any]]) -> None:
         """The fp16 loss scalers' states (a run resumed in another precision ignores them)."""
         for key, scaler_state in states.items():
-            scaler = self.scaler(key)
+            scaler = self.learner(key).scaler
             if scaler is not None and scaler_state:  # {}: a scaler that never scaled a loss
                 scaler.load_state_dict(scaler_state)
 

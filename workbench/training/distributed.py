@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from workbench.config import Config, ConfigError
 from workbench.events import Callback
+from workbench.local.learner import training_body
 from workbench.records import RunDir, RunFolderError
 from workbench.training.engine import Trainer
 from workbench.training.methods import Phase
@@ -253,17 +254,6 @@ def make_trainer(
 
 
 # -- training ------------------------------------------------------------------------------------
-class KineticForward(nn.Module):
-    """A trunk module whose forward is `forward_with_kinetic`, for DDP to call."""
-
-    def __init__(self, trunk: nn.Module):
-        super().__init__()
-        self.trunk = trunk
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.trunk.forward_with_kinetic(x)
-
-
 class SliceShare:
     """This rank's slice of the current global batch, as a fraction of it: the weight its
     (slice-mean) gradients carry into the sum over ranks."""
@@ -291,7 +281,9 @@ class DistributedTrainer(Trainer):
         self.check_batches()
         self.share = SliceShare()
         wrap: Callable[[Any], Any] = torch.compile if self.config.compile else (lambda f: f)
-        self.trained = [wrap(self.data_parallel(KineticForward(m))) for m in self.model.trunk]
+        self.trained = [
+            wrap(self.data_parallel(training_body(self.config, m))) for m in self.model.trunk
+        ]
         self.heads = [wrap(self.data_parallel(h)) for h in self.model.heads]
         self.stop = RankStop(self.stop, ranks)
         if hasattr(self.train_batches, "shard"):  # streamed: workers read this rank's slices
@@ -377,8 +369,8 @@ class DistributedTrainer(Trainer):
         return _on_cpu(
             {
                 "model": self.model.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+                "optimizers": {k: s.optimizer.state_dict() for k, s in self.learners.items()},
+                "scalers": {k: s.scaler.state_dict() for k, s in self.learners.items() if s.scaler},
                 "global_epoch": self.global_epoch,
                 "test_acc": self.test_acc,
                 "test_top5": self.test_top5,
@@ -392,7 +384,7 @@ class DistributedTrainer(Trainer):
     def take_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])  # copied into the parameters DDP holds
         for key, optimizer_state in state["optimizers"].items():
-            self.optimizer(key).load_state_dict(optimizer_state)
+            self.learner(key).optimizer.load_state_dict(optimizer_state)
         self.load_scalers(state["scalers"])
         self.global_epoch, self.best = state["global_epoch"], state["best"]
         self.test_acc, self.test_top5 = dict(state["test_acc"]), dict(state["test_top5"])

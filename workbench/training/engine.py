@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from workbench.config import Config
@@ -29,21 +28,21 @@ from workbench.events import (
     Callback,
     StopRequested,
 )
+from workbench.local.learner import LocalLearner, training_body
+from workbench.local.objective import LocalInputs
+from workbench.local.objectives import objective_class
 from workbench.memory import free_memory_bytes, peak_memory_bytes
 from workbench.models import LayerwiseNet
 from workbench.records import RunDir, RunFailed
-from workbench.regularizers import kinetic_weight
 from workbench.training.checkpoints import CheckpointMixin
 from workbench.training.device import (
     evaluation_memory_format,
-    make_scaler,
     memory_format,
     run_precision,
     synchronizer,
 )
 from workbench.training.estimate import CostModel, EstimateMixin, SpeedProbe
 from workbench.training.evaluation import EvaluationMixin, auto_eval_batch_size
-from workbench.training.local import local_loss, make_sgd, update
 from workbench.training.methods import Phase, learning_rate, plan, restarts_momentum
 from workbench.training.timing import Clock
 
@@ -109,9 +108,11 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         self.train_batches, self.test_batches = make_batches(
             data, config, device, self.eval_batch_size
         )
-        self.end_to_end = config.method == "end-to-end"
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.scalers: dict[str, torch.amp.GradScaler] = {}  # fp16: each optimizer's loss scaler
+        # the learners that have trained, by key (str(k), or 'all' end-to-end): each module's
+        # SGD state lives from its first step to the end of its last phase
+        self.learners: dict[str, LocalLearner] = {}
+        self.needs_image = "image" in objective_class(config.objective).needs
+        self.lr = config.lr  # the current step's learning rate
         self.test_acc: dict[int, float] = {}  # latest test accuracy per module (1-indexed)
         self.test_top5: dict[int, float] = {}
         # TRGL's protocol: the best (accuracy, top-5, global epoch, module) seen so far
@@ -126,9 +127,10 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         self.memory_format = memory_format(config, device)
         self.eval_memory_format = evaluation_memory_format(config, device)
         model.to(memory_format=self.memory_format)
-        # compiled callables share the modules' parameters, so state dicts are untouched
+        # what runs each module and head: compiled callables (and DDP's wrappers) share the
+        # modules' parameters, so state dicts are untouched
         wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
-        self.trained = [wrap(m.forward_with_kinetic) for m in model.trunk]
+        self.trained = [wrap(training_body(config, m)) for m in model.trunk]
         self.frozen = [wrap(m) for m in model.trunk]
         self.heads = [wrap(h) for h in model.heads]
         self.cache: FeatureBatches | None = None  # the current phase's prefix outputs
@@ -163,44 +165,31 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             for callback in self.callbacks:
                 callback(event, info)
 
-    # -- optimizers --------------------------------------------------------------------------
-    def optimizer(self, key: str) -> torch.optim.Optimizer:
-        """Module k's own SGD (key str(k)), or one over the whole net (key 'all', end-to-end)."""
-        if key not in self.optimizers:
-            if key == "all":
-                params = list(self.model.parameters())
-            else:
-                k = int(key)
-                params = [*self.model.trunk[k].parameters(), *self.model.heads[k].parameters()]
-            self.optimizers[key] = make_sgd(params, self.config, fused=self.precision.scaled)
-        return self.optimizers[key]
+    # -- learners ---------------------------------------------------------------------------
+    def learner(self, key: str) -> LocalLearner:
+        """Module k's learner (key str(k)), or the whole net's (key 'all', end-to-end)."""
+        if key not in self.learners:
+            ks = range(len(self.model)) if key == "all" else [int(key)]
+            self.learners[key] = LocalLearner(
+                self.config,
+                ks,
+                [self.model.trunk[k] for k in ks],
+                [self.model.heads[k] for k in ks],
+                self.precision,
+                self.device,
+                self.memory_format,
+                bodies=[self.trained[k] for k in ks],
+                classifiers=[self.heads[k] for k in ks],
+                joint=key == "all",
+            )
+        return self.learners[key]
 
-    def scaler(self, key: str) -> torch.amp.GradScaler | None:
-        """The loss scaler of optimizer `key` in an fp16 run; None otherwise."""
-        if key not in self.scalers:
-            scaler = make_scaler(self.precision, self.device)
-            if scaler is None:
-                return None
-            self.scalers[key] = scaler
-        return self.scalers[key]
-
-    def step_optimizer(self, i: int, key: str, loss: Tensor) -> None:
-        """Backward and step of optimizer `key`, the phase's i-th trained module's; a step the
-        loss scaler skipped is counted on the device."""
-        skipped = update(loss, self.optimizer(key), self.scaler(key))
-        if skipped is not None and self.skipped is not None:
-            self.skipped[i] += skipped
-
-    def optimizer_keys(self, phase: Phase) -> list[str]:
-        """The optimizers a phase steps: the whole net's end-to-end, else each module's."""
-        return ["all"] if self.end_to_end else [str(k) for k in phase.modules]
-
-    def set_lr(self, keys: list[str], phase: Phase, epoch: float) -> float:
-        lr = learning_rate(self.config, phase.first_epoch + epoch, phase.total_epochs)
-        for key in keys:
-            for group in self.optimizer(key).param_groups:
-                group["lr"] = lr
-        return lr
+    def learners_of(self, phase: Phase) -> list[LocalLearner]:
+        """The learners a phase trains: one over its modules when gradients cross their
+        boundaries (end-to-end), else one per module."""
+        if phase.joint:
+            return [self.learner("all")]
+        return [self.learner(str(k)) for k in phase.modules]
 
     # -- phases ------------------------------------------------------------------------------
     def begin_phase(self, phase: Phase) -> None:
@@ -208,7 +197,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         phase trains): kept from the previous phase's last evaluation, else run once; with
         cache_features, over the training set too."""
         kept, self.kept_outputs = self.kept_outputs, None
-        if phase.frozen_prefix > 0 and not self.end_to_end:  # sequential, multilap
+        if phase.frozen_prefix > 0:  # sequential, multilap
             with self.clock.part("evaluate"):
                 if kept is not None and kept[0] == phase.frozen_prefix:
                     self.test_features = kept[1]
@@ -223,11 +212,9 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         self.cache = None
         self.test_features = None
         if phase.lap == self.phases[-1].lap:  # these modules never train again
-            for k in phase.modules:
-                self.optimizers.pop(str(k), None)
-                self.scalers.pop(str(k), None)
-                for p in [*self.model.trunk[k].parameters(), *self.model.heads[k].parameters()]:
-                    p.grad = None
+            for learner in self.learners_of(phase):
+                learner.release()
+                self.learners.pop(learner.key)
 
     @torch.no_grad()  # not inference_mode: module k saves these inputs for its backward
     def build_cache(self, phase: Phase) -> FeatureBatches | None:
@@ -278,49 +265,26 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         return x
 
     def step(self, phase: Phase, x: Tensor, y: Tensor, stats: Tensor) -> None:
-        """One batch of the phase's method: x is an image batch, or cached prefix outputs."""
+        """One batch of the phase: x is an image batch, or cached prefix outputs. Each learner
+        steps on its own loss and hands a detached output onwards; the phase's first trains
+        on the frozen prefix's output."""
         x = x.contiguous(memory_format=self.memory_format)
-        if self.end_to_end:
-            self.end_to_end_step(x, y, stats)
-            return
+        image = x if self.needs_image else None  # the cache holds no images (refused there)
         if self.cache is None:
             x = self.prefix_features(phase, x)
-        self.local_step(phase, x, y, stats)
-
-    def local_step(self, phase: Phase, x: Tensor, y: Tensor, stats: Tensor) -> None:
-        """Each trained module steps on its own aux loss; it hands a detached output onwards.
-
-        x is the input of the phase's first module (the frozen prefix's output).
-        """
-        c = self.config
-        for i, k in enumerate(phase.modules):
-            with self.autocast():  # the forward only; backward follows the forward's dtypes
-                out, energy = self.trained[k](x)
-                logits = self.heads[k](out)
-                ce, loss = local_loss(c, k, logits, y, energy)
-            self.step_optimizer(i, str(k), loss)
-            x = out.detach()  # no gradient crosses a module boundary
-            stats[i] += torch.stack([ce.detach() * len(y), (logits.argmax(-1) == y).sum()])
-            self.note_finite(i, loss)
-
-    def end_to_end_step(self, x: Tensor, y: Tensor, stats: Tensor) -> None:
-        """Backprop through the trunk from the last head; other heads learn on detached features."""
-        c = self.config
-        losses, energy = [], x.new_zeros((), dtype=torch.float32)
-        last = len(self.model) - 1
-        with self.autocast():
-            for k in range(len(self.model)):
-                x, e = self.trained[k](x)
-                energy = energy + kinetic_weight(c, k) * e
-                logits = self.heads[k](x if k == last else x.detach())
-                ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
-                losses.append(ce)
-                stats[k] += torch.stack([ce.detach() * len(y), (logits.argmax(-1) == y).sum()])
-            total = torch.stack(losses).sum() + energy
-        self.step_optimizer(0, "all", total)
-        for k, ce in enumerate(losses):
-            self.note_finite(k, ce)
-        self.note_finite(last, total)  # the kinetic term: charged to the module backprop ends at
+        i = 0
+        for learner in self.learners_of(phase):
+            result = learner.step(LocalInputs(x, y, image), self.lr)
+            for j, (reported, correct, loss) in enumerate(
+                zip(result.reported, result.correct, result.loss)
+            ):
+                stats[i + j] += torch.stack([reported.detach() * len(y), correct])
+                self.note_finite(i + j, loss)
+            n = len(learner.modules)
+            if result.skipped is not None and self.skipped is not None:
+                self.skipped[i : i + n] += result.skipped  # counted on the device
+            x = result.output  # detached: no gradient crosses a learner's boundary
+            i += n
 
     def note_finite(self, i: int, loss: Tensor) -> None:
         """Record on the device whether the phase's i-th module had a finite loss this step."""
@@ -330,12 +294,10 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
     # -- one epoch ---------------------------------------------------------------------------
     def train_pass(self, phase: Phase, epoch: int) -> tuple[list[list[float]], int, float, float]:
         """One epoch of training steps: ([loss sum, correct] per module, images, seconds, lr)."""
-        model = self.model
-        model.eval()  # frozen modules keep their BN statistics
-        for k in phase.modules:
-            model.trunk[k].train()
-            model.heads[k].train()
-        keys = self.optimizer_keys(phase)
+        self.model.eval()  # frozen modules keep their BN statistics
+        learners = self.learners_of(phase)
+        for learner in learners:
+            learner.train()
         batches = self.train_batches if self.cache is None else self.cache
         stats = torch.zeros(len(phase.modules), 2, device=self.device)  # loss sum, correct
         n_batches, seen, lr = len(batches), 0, 0.0
@@ -347,13 +309,15 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         probe = None if self.estimated else SpeedProbe(self.synchronize)
         progress = self.progress_reporter(phase, epoch, n_batches) if self.callbacks else None
         if restarts_momentum(self.config, phase.first_epoch + epoch):
-            for key in keys:
-                self.optimizer(key).state.clear()  # SGD's state is its momentum buffers
+            for learner in learners:
+                learner.restart_momentum()
         start = time.perf_counter()
         for i, (x, y) in enumerate(self.timed_batches(batches)):
             if self.stop.is_set():
                 raise StopRequested
-            lr = self.set_lr(keys, phase, epoch + i / n_batches)
+            lr = self.lr = learning_rate(
+                self.config, phase.first_epoch + epoch + i / n_batches, phase.total_epochs
+            )
             self.step_index = i
             self.step(phase, x, y, stats)
             seen += len(y)
@@ -401,12 +365,12 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         for k, (loss, _) in zip(phase.modules, totals):
             if not math.isfinite(loss):
                 return f"module {k + 1}'s loss is NaN or infinite during {where}"
-        for key in self.optimizer_keys(phase):  # fp16: a host read per optimizer and epoch
-            scale = self.scalers[key].get_scale() if key in self.scalers else math.inf
+        for learner in self.learners_of(phase):  # fp16: a host read per learner and epoch
+            scale = learner.scaler.get_scale() if learner.scaler is not None else math.inf
             if scale < MIN_LOSS_SCALE:
-                module = "the net" if key == "all" else f"module {int(key) + 1}"
                 return (
-                    f"{module}'s fp16 gradients stayed infinite (loss scale {scale:.2g}), {where}"
+                    f"{learner.name}'s fp16 gradients stayed infinite (loss scale {scale:.2g}), "
+                    f"{where}"
                 )
         finite = torch.stack(
             [torch.stack([p.isfinite().all() for p in self.module_parameters(k)]).all()
@@ -445,9 +409,9 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             for k, (loss, hits) in zip(phase.modules, totals)
         ]
         if self.skipped is not None:  # fp16: steps skipped for inf/NaN gradients, not failures
-            skipped = [int(v) for v in self.skipped.tolist()]  # end-to-end: one optimizer
+            skipped = [int(v) for v in self.skipped.tolist()]  # a joint learner's: all alike
             for i, row in enumerate(rows):
-                row["skipped_steps"] = skipped[0 if self.end_to_end else i]
+                row["skipped_steps"] = skipped[i]
         if broken:
             raise Diverged(
                 f"training diverged: {broken} (lr {self.config.lr:g}); the run stopped as failed "

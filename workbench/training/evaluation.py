@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.data import Batches, statistics_batches, statistics_indices
 from workbench.memory import free_memory_bytes
@@ -118,7 +117,7 @@ class EvaluationMixin:
         after a sequential phase's last epoch, when the next phase trains the module after it
         (whose frozen prefix then ends where this evaluation did)."""
         index = self.phases.index(phase)
-        if self.end_to_end or epoch < phase.epochs - 1 or index + 1 == len(self.phases):
+        if epoch < phase.epochs - 1 or index + 1 == len(self.phases):
             return False
         (k, *others), after = phase.modules, self.phases[index + 1]
         return not others and after.frozen_prefix == k + 1
@@ -183,8 +182,8 @@ class EvaluationMixin:
         """
         if not self.config.precise_bn:
             return
-        parts = [p for k in phase.modules for p in (self.model.trunk[k], self.model.heads[k])]
-        norms = [m for p in parts for m in p.modules() if isinstance(m, _BatchNorm)]
+        learners = self.learners_of(phase)
+        norms = [bn for learner in learners for bn in learner.norm_layers()]
         if not norms:
             return
         batches, start = self.statistics_inputs(phase)
@@ -192,8 +191,8 @@ class EvaluationMixin:
         for bn in norms:
             bn.reset_running_stats()
         self.model.eval()
-        for part in parts:
-            part.train()  # BN uses (and records) batch statistics
+        for learner in learners:
+            learner.train()  # BN uses (and records) batch statistics
         with self.autocast():
             for n, (x, _) in enumerate(batches, start=1):
                 # a cumulative average over the batches: momentum 1/n at batch n is what

@@ -27,6 +27,7 @@ class Phase:
     lap: int = 0
     first_epoch: int = 0  # how many epochs these modules already had (for the lr schedule)
     total_epochs: int = 0  # all the epochs these modules get, every lap (the lr schedule's span)
+    joint: bool = False  # gradients cross the modules' boundaries: one learner over them all
 
     @property
     def frozen_prefix(self) -> int:
@@ -53,7 +54,8 @@ def plan(config: Config) -> list[Phase]:
             for r in range(laps)
             for m in range(k)
         ]
-    return [Phase(tuple(range(k)), epochs, total_epochs=epochs)]  # parallel, end-to-end
+    joint = config.method == "end-to-end"
+    return [Phase(tuple(range(k)), epochs, total_epochs=epochs, joint=joint)]  # parallel too
 
 
 def learning_rate(config: Config, epoch: float, total_epochs: int | None = None) -> float:

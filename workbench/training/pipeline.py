@@ -162,7 +162,7 @@ class Pipeline:
         for x, y in batches:
             if stop.is_set():
                 raise StopRequested
-            item = (self.fed, x, y)  # a CUDA batch crosses by CUDA IPC, a CPU one by shm
+            item = (self.fed, x, y, None)  # CUDA: by CUDA IPC; CPU: by shm (module 1 makes images)
             while True:
                 try:
                     self.inboxes[0].put(item, timeout=POLL_S)
@@ -288,16 +288,8 @@ class PipelinedTrainer(Trainer):
         self.pipeline = pipeline
         pipeline.start(self.stop)
         states = []
-        for k in range(n):
-            optimizer = self.optimizers.get(str(k))  # a resumed run's momentum
-            scaler = self.scalers.get(str(k))
-            state = {
-                "trunk": self.model.trunk[k].state_dict(),
-                "head": self.model.heads[k].state_dict(),
-                "optimizer": optimizer.state_dict() if optimizer else None,
-                "scaler": scaler.state_dict() if scaler else None,
-            }
-            states.append({key: host_copy(value) for key, value in state.items()})
+        for k in range(n):  # with a resumed run's momentum
+            states.append(host_copy(self.learner(str(k)).state()))
         pipeline.send_states(states)
         return pipeline
 
@@ -312,13 +304,7 @@ class PipelinedTrainer(Trainer):
         )
         seconds = time.perf_counter() - start
         for k, report in zip(phase.modules, reports):
-            state = report["state"]
-            self.model.trunk[k].load_state_dict(state["trunk"])
-            self.model.heads[k].load_state_dict(state["head"])
-            self.optimizer(str(k)).load_state_dict(state["optimizer"])
-            scaler = self.scaler(str(k))
-            if scaler is not None and state.get("scaler") is not None:
-                scaler.load_state_dict(state["scaler"])
+            self.learner(str(k)).load(report["state"])
         self.finite = torch.stack([r["finite"] for r in reports]).to(self.device)
         skipped = [r["skipped_steps"] for r in reports]
         self.skipped = None if None in skipped else torch.tensor(skipped)

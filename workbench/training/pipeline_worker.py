@@ -1,15 +1,15 @@
 """The worker side of the pipeline (pipeline.py): one process trains one module and its head.
 
-A worker takes (producer step, activations, labels) from its inbox, trains its module on its
-own aux loss, and puts its detached output, with its own step index, into the next module's
-inbox. With a replay buffer (config.replay_buffer = M > 0) a drain thread moves everything that
-arrives into a ring of the last M batches, and each step trains on one sampled from it as DGL
-does, so the worker never waits for a slower module before it once the ring holds a batch.
+A worker takes (producer step, activations, labels, images) from its inbox (images: None
+unless the objective reads them), trains its module's LocalLearner on its own local loss, and
+puts its detached output, with its own step index, into the next module's inbox. With a
+replay buffer (config.replay_buffer = M > 0) a drain thread moves everything that arrives
+into a ring of the last M batches, and each step trains on one sampled from it as DGL does, so
+the worker never waits for a slower module before it once the ring holds a batch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import queue
 import signal
@@ -25,15 +25,11 @@ from torch import Tensor, nn
 
 from workbench.config import Config
 from workbench.data.batches import normalization_tensors, normalize
+from workbench.local.learner import LocalLearner, training_body
+from workbench.local.objective import LocalInputs
+from workbench.local.objectives import objective_class
 from workbench.memory import peak_memory_bytes, reset_peak_memory
-from workbench.training.device import (
-    applied,
-    backend_settings,
-    make_scaler,
-    memory_format,
-    run_precision,
-)
-from workbench.training.local import local_loss, make_sgd, update
+from workbench.training.device import applied, backend_settings, memory_format, run_precision
 from workbench.training.methods import Phase, learning_rate, restarts_momentum
 
 QUEUE_DEPTH = 2  # batches in flight between two modules (each inbox's bound)
@@ -64,79 +60,27 @@ class WorkerSpec:
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
-class ModuleStep:
-    """Module k and its head with their own SGD (the main process's Trainer.optimizer's twin).
-
-    `step` is one iteration of Trainer.local_step for this module alone: forward, aux loss,
-    backward, update; the output comes back detached, so no gradient can leave the module.
-    With `normalization` (the first module) its inputs are uint8 images, normalized here.
-    """
-
-    def __init__(
-        self,
-        config: Config,
-        k: int,
-        trunk: nn.Module,
-        head: nn.Module,
-        device: str,
-        normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-    ):
-        self.config, self.k, self.device = config, k, torch.device(device)
-        self.memory_format = memory_format(config, self.device)
-        # the head in the trunk's layout too, as the main process's model.to(memory_format)
-        self.trunk = trunk.to(self.device, memory_format=self.memory_format)
-        self.head = head.to(self.device, memory_format=self.memory_format)
-        wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
-        self.forward, self.classify = wrap(self.trunk.forward_with_kinetic), wrap(self.head)
-        self.precision = run_precision(config, self.device)
-        self.scaler = make_scaler(self.precision, self.device)
-        params = [*self.trunk.parameters(), *self.head.parameters()]
-        self.optimizer = make_sgd(params, config, fused=self.precision.scaled)
-        self.normalization = (
-            None if normalization is None else normalization_tensors(*normalization, self.device)
-        )
-
-    def step(
-        self, x: Tensor, y: Tensor, lr: float
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        """Train on one batch: (output detached, cross-entropy, correct count, loss finite,
-        whether the loss scaler skipped the step: None without one)."""
-        if x.requires_grad:  # a producer's graph must never reach this module
-            raise RuntimeError(f"module {self.k + 1} got an input that requires grad")
-        x = x.to(self.device, non_blocking=True)
-        if self.normalization is not None:
-            x = normalize(x, *self.normalization)
-        x = x.contiguous(memory_format=self.memory_format)
-        y = y.to(self.device, non_blocking=True)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        dtype = self.precision.dtype
-        with torch.autocast(self.device.type, dtype) if dtype else contextlib.nullcontext():
-            out, energy = self.forward(x)
-            logits = self.classify(out)
-            ce, loss = local_loss(self.config, self.k, logits, y, energy)
-        skipped = update(loss, self.optimizer, self.scaler)
-        correct = (logits.argmax(-1) == y).sum()
-        return out.detach(), ce.detach(), correct, torch.isfinite(loss.detach()), skipped
-
-    def state(self) -> dict[str, Any]:
-        """The module's, head's, optimizer's (and loss scaler's) state, copied to the host."""
-        return host_copy(
-            {
-                "trunk": self.trunk.state_dict(),
-                "head": self.head.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            }
-        )
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.trunk.load_state_dict(state["trunk"])
-        self.head.load_state_dict(state["head"])
-        if state.get("optimizer") is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") is not None and self.scaler is not None:
-            self.scaler.load_state_dict(state["scaler"])
+def worker_learner(
+    config: Config, k: int, trunk: nn.Module, head: nn.Module, device: str
+) -> LocalLearner:
+    """Module k's learner in a worker: its module and head on the worker's device, in the
+    trunk's memory format (the head too, as the main process's model.to(memory_format))."""
+    where = torch.device(device)
+    layout = memory_format(config, where)
+    trunk = trunk.to(where, memory_format=layout)
+    head = head.to(where, memory_format=layout)
+    wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
+    return LocalLearner(
+        config,
+        [k],
+        [trunk],
+        [head],
+        run_precision(config, where),
+        where,
+        layout,
+        bodies=[wrap(training_body(config, trunk))],
+        classifiers=[wrap(head)],
+    )
 
 
 def host_copy(value: Any) -> Any:
@@ -276,10 +220,11 @@ def worker_main(spec: WorkerSpec, channels: dict[str, Any]) -> None:
         from workbench.models import build_model
 
         model = build_model(spec.config, spec.num_classes)
-        module = ModuleStep(
-            spec.config, k, model.trunk[k], model.heads[k], spec.device, spec.normalization
-        )
-        del model
+        module = worker_learner(spec.config, k, model.trunk[k], model.heads[k], spec.device)
+        del model  # the other modules
+        # module 1's inputs are uint8 images, normalized here (a quarter of the bytes)
+        norm = spec.normalization
+        scale = None if norm is None else normalization_tensors(*norm, device)
         inbox = Inbox(channels["inbox"], channels["produced_in"], _replay(spec, k), stop)
         results.put(("ready", k, None))
         with applied(backend_settings(device, spec.config.tf32)):
@@ -291,7 +236,7 @@ def worker_main(spec: WorkerSpec, channels: dict[str, Any]) -> None:
                     module.load(message[1])
                     continue
                 phase, epoch, n_batches = message[1:]
-                report = _epoch(spec, module, inbox, channels, phase, epoch, n_batches)
+                report = _epoch(spec, module, inbox, channels, phase, epoch, n_batches, scale)
                 results.put(("report", k, report))
     except Stopped:
         return
@@ -319,44 +264,56 @@ def _wait(q: Any, stop: Any) -> Any:
 
 def _epoch(
     spec: WorkerSpec,
-    module: ModuleStep,
+    module: LocalLearner,
     inbox: Inbox,
     channels: dict[str, Any],
     phase: Phase,
     epoch: int,
     n_batches: int,
+    scale: tuple[Tensor, Tensor] | None,
 ) -> dict[str, Any]:
-    """n_batches steps of the module; its epoch numbers and its state at the end."""
+    """n_batches steps of the module; its epoch numbers and its state at the end. `scale`:
+    module 1's normalization of the uint8 images it is fed."""
     config, stop, outbox = spec.config, channels["stop"], channels["outbox"]
     bound = staleness_bound(config)
+    needs_image = "image" in objective_class(config.objective).needs
     if restarts_momentum(config, phase.first_epoch + epoch):
-        module.optimizer.state.clear()
-    module.trunk.train()
-    module.head.train()
-    loss_sum = torch.zeros((), device=module.device)
-    correct = torch.zeros((), dtype=torch.long, device=module.device)
-    skipped_steps = torch.zeros((), dtype=torch.long, device=module.device)
-    finite = torch.ones(n_batches, dtype=torch.bool, device=module.device)
+        module.restart_momentum()
+    module.train()
+    device = module.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    skipped_steps = torch.zeros((), dtype=torch.long, device=device)
+    finite = torch.ones(n_batches, dtype=torch.bool, device=device)
     seen, ages, steps = 0, [], []
     for i in range(n_batches):
         check_alive(stop)
-        step, x, y, age = inbox.take()
+        step, x, y, image, age = inbox.take()
         if age > bound:  # the pipeline's promise: never train on older activations than this
             raise RuntimeError(f"module {spec.module + 1} got a batch {age} steps old (> {bound})")
         lr = learning_rate(config, phase.first_epoch + epoch + i / n_batches, phase.total_epochs)
-        out, ce, hits, ok, skipped = module.step(x, y, lr)
+        if x.requires_grad:  # before it is copied: a producer's graph must never reach here
+            raise RuntimeError(f"module {spec.module + 1} got an input that requires grad")
+        x = x.to(device, non_blocking=True)
+        if scale is not None:
+            x = normalize(x, *scale)
+            image = x if needs_image else None
+        elif image is not None:
+            image = image.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        result = module.step(LocalInputs(x, y, image), lr)
         if outbox is not None:
             produced = channels["produced_out"]
             # as it is: a CUDA tensor crosses by CUDA IPC (the next worker copies it to its own
             # GPU, peer to peer, after waiting for the kernels that wrote it), never through
             # pageable host memory; a CPU tensor through shared memory
-            put(outbox, (produced.value, out, y), stop)
+            put(outbox, (produced.value, result.output, y, image), stop)
             produced.value += 1  # after the put: the counter never runs ahead of the queue
-        loss_sum += ce * len(y)
-        correct += hits
-        if skipped is not None:
-            skipped_steps += skipped
-        finite[i] = ok
+        loss_sum += result.reported[0].detach() * len(y)
+        correct += result.correct[0]
+        if result.skipped is not None:
+            skipped_steps += result.skipped
+        finite[i] = torch.isfinite(result.loss[0].detach())
         seen += len(y)
         ages.append(age)
         steps.append(step)
@@ -368,6 +325,6 @@ def _epoch(
         "skipped_steps": int(skipped_steps) if module.scaler is not None else None,
         "ages": ages,
         "producer_steps": steps,
-        "state": module.state(),
-        "peak_memory_bytes": peak_memory_bytes(module.device),
+        "state": host_copy(module.state()),
+        "peak_memory_bytes": peak_memory_bytes(device),
     }

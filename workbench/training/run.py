@@ -13,6 +13,7 @@ import torch
 from workbench.config import Config
 from workbench.data import ImageData, load_data
 from workbench.events import RUN_END, Callback, StopRequested
+from workbench.local.objectives import objective_class
 from workbench.memory import reset_peak_memory
 from workbench.models import build_model
 from workbench.records import RunDir, Status, WriteError
@@ -47,6 +48,7 @@ def run_experiment(
     clock = Clock()
     device = resolve_device(config.device)
     check_speed_options(config)
+    objective_class(config.objective).check(config)  # what only the objective knows it needs
     with clock.part("data"):
         data = load_data(config)
     # under torchrun: this process's rank joins the others, and rank 0 writes the run folder
@@ -79,6 +81,7 @@ def _train(
         "status": Status.RUNNING,
         "run_dir": str(run.path),
         "method": config.method,
+        "objective": config.objective,
         "arch": config.arch,
         "n_modules": config.n_modules,
         "device": str(device),

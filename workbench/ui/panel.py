@@ -77,6 +77,7 @@ TABS = {
         "replay_buffer",
         "laps",
         "extra_epochs_per_module",
+        "objective",
         "regularization",
         "tau",
         "varying_tau",

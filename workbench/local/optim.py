@@ -1,16 +1,13 @@
-"""What one module's local training step is made of, shared by the Trainer (engine.py) and the
-pipeline's worker processes (pipeline_worker.py), so the two cannot drift apart."""
+"""A learner's optimizer: the config's SGD, and one update with fp16's loss scaling."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from workbench.config import Config
-from workbench.regularizers import kinetic_weight
 
 
 def make_sgd(
@@ -33,15 +30,6 @@ def make_sgd(
         except (RuntimeError, TypeError, ValueError):  # no fused SGD for this device or torch
             pass
     return torch.optim.SGD(params, **options)
-
-
-def local_loss(
-    config: Config, k: int, logits: Tensor, y: Tensor, energy: Tensor
-) -> tuple[Tensor, Tensor]:
-    """(cross-entropy, loss) of module k: its aux head's cross-entropy (with the config's
-    label smoothing) plus the kinetic term's weight for module k times its energy."""
-    ce = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-    return ce, ce + kinetic_weight(config, k) * energy
 
 
 def update(

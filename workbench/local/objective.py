@@ -1,0 +1,88 @@
+"""What a local objective is: the inputs it needs, the head it builds, the loss it computes.
+
+An objective is one file in objectives/ with a class `Objective` deriving from this one. It
+declares which of INPUTS its loss reads; every training path (sequential, parallel, multilap,
+the pipeline's queues, DDP) hands it those, and a config whose fast path cannot (the feature
+cache has no images) is refused by `check`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from workbench.config import Config, ConfigError
+from workbench.models.heads import HeadSpec
+
+# output: the module's output; input: what entered the module; labels; image: the batch's
+# (normalized) images, as module 1 saw them
+INPUTS = ("output", "input", "labels", "image")
+
+
+@dataclass
+class LocalInputs:
+    """One batch as a module's objective sees it (image is None unless an objective needs it)."""
+
+    x: Tensor  # the module's input
+    y: Tensor  # labels
+    image: Tensor | None = None
+
+
+@dataclass
+class LocalBatch:
+    """What a loss reads: the module's output and input, the labels and (if asked) the image."""
+
+    output: Tensor
+    input: Tensor
+    labels: Tensor
+    image: Tensor | None
+
+
+@dataclass
+class LocalLoss:
+    """A module's loss for one batch: `loss` is stepped on, `reported` is the training rows'
+    loss column, `logits` give the rows' accuracy."""
+
+    loss: Tensor
+    reported: Tensor
+    logits: Tensor
+
+
+class Objective:
+    """A local objective for module k of n. Subclasses set `needs` and override `loss`, and
+    `build_head` where their head is more than the auxiliary classifier."""
+
+    needs: ClassVar[frozenset[str]] = frozenset({"output", "labels"})
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: Config, k: int):
+        self.config, self.k = config, k
+
+    @classmethod
+    def problem(cls, config: Config) -> str | None:
+        """Why this objective cannot mean anything with `config` (one line), or None."""
+        if "image" in cls.needs and config.cache_features:
+            return (
+                f"cache_features: got true with objective {config.objective!r}, which reads "
+                "the images and the cache holds only the frozen prefix's outputs; allowed: false"
+            )
+        return None
+
+    @classmethod
+    def check(cls, config: Config) -> None:
+        problem = cls.problem(config)
+        if problem:
+            raise ConfigError(problem)
+
+    @staticmethod
+    def build_head(spec: HeadSpec) -> nn.Module:
+        """Module k's head; its forward gives the logits evaluation, the ensemble and the
+        probes read. The auxiliary classifier of the config's family and depth by default."""
+        from workbench.models.heads import build_head
+
+        return build_head(spec)
+
+    def loss(self, head: nn.Module, batch: LocalBatch) -> LocalLoss:
+        raise NotImplementedError
