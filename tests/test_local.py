@@ -158,3 +158,36 @@ def test_the_readmes_worked_objective_is_one_file_and_trains(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["objective"] == "multi-margin" and summary["status"] == "finished"
     assert summary["final_test_acc"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_every_field_says_its_tab_help_and_roles_in_one_place():
+    """FieldInfo is each field's one description: the panel's tabs, the labels, presets,
+    resume and the series' folder names read it."""
+    from workbench.config import FIELD_INFO, RESUMABLE_DIFFERENCES, config_fields
+    from workbench.field_help import field_label
+    from workbench.presets import NON_EXPERIMENT_FIELDS
+    from workbench.runs import FIRST_IN_LABELS, NOT_LABELS
+    from workbench.ui.panel import TABS
+
+    names = [f.name for f in config_fields()]
+    assert list(FIELD_INFO) == names
+    assert all(FIELD_INFO[n].help for n in names)
+    assert [n for tab in TABS.values() for n in tab] == names  # every field on one tab
+    assert set(TABS) == {"Data", "Model", "Training", "Run"}
+    assert field_label("aux_depth") == "aux depth (k)" and field_label("width") == "width"
+    assert set(RESUMABLE_DIFFERENCES) == {"out", "device", "eval_batch_size"}
+    assert (
+        set(RESUMABLE_DIFFERENCES) <= set(NON_EXPERIMENT_FIELDS) and "seed" in NON_EXPERIMENT_FIELDS
+    )
+    assert "out" in NOT_LABELS and FIRST_IN_LABELS[:3] == ("method", "aux_depth", "arch")
+
+
+def test_a_field_added_later_leaves_the_names_of_older_series_folders_alone():
+    """`objective` came after series folders were named by their config's hash: at its default
+    it is left out, so the hashes are those the workbench gave before (pinned here)."""
+    from workbench.batch.series import config_hash
+
+    assert config_hash(Config()) == "b6e244c3"
+    kinetic_run = Config(arch="resnet20", regularization="kinetic", n_modules=3, seed=2)
+    assert config_hash(kinetic_run) == "446cd168"
+    assert config_hash(Config(objective="cross-entropy")) == config_hash(Config())

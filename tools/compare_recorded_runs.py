@@ -10,13 +10,31 @@ bit. A refactor records before and after and runs this:
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
+TIME = re.compile(r"\d{8}-\d{6}")  # a default run folder's start time (runs/<time>-<arch>-...)
+
+
+def by_place(runs: dict[str, dict]) -> dict[str, dict]:
+    """The runs keyed by where they sit: a start time in a folder's name is replaced by the
+    folder's rank among its time-named siblings, so two sessions' runs line up."""
+    keyed: dict[str, dict] = {}
+    seen: dict[str, int] = {}
+    for name in sorted(runs):
+        pattern = TIME.sub("<time>", name)
+        if pattern == name:
+            keyed[name] = runs[name]
+            continue
+        seen[pattern] = seen.get(pattern, -1) + 1
+        keyed[pattern.replace("<time>", f"<time {seen[pattern]}>")] = runs[name]
+    return keyed
+
 
 def main(before_path: str, after_path: str) -> int:
-    before = json.loads(Path(before_path).read_text())
-    after = json.loads(Path(after_path).read_text())
+    before = by_place(json.loads(Path(before_path).read_text()))
+    after = by_place(json.loads(Path(after_path).read_text()))
     common = sorted(set(before) & set(after))
     differ = [name for name in common if before[name] != after[name]]
     for name in differ:

@@ -1,14 +1,16 @@
 """The one experiment config: built by the CLI, the notebook widgets and papermill alike.
 
-Every field is validated when the object is built, so a bad value fails in one line that names
-the field, the value and what is allowed, before any data is loaded or any training starts.
+Each field carries its FieldInfo (tab, help, label, choices, whether it is part of the
+experiment, whether it may differ on resume, its rank in run labels): the panel, papermill's
+parameters cell, labels, presets and resume read it there. Every field is validated when the
+object is built (config_checks.py), so a bad value fails in one line that names the field, the
+value and what is allowed, before any data is loaded or any training starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -73,104 +75,160 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GPU_DECODES = ("auto", "true", "false")
 SUBSETS = ("balanced", "first")
 MAX_AUX_DEPTH = 4
-# fields whose value comes from a fixed list: validation, the panel's dropdowns and help read it
-FIELD_CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": tuple(DATASETS),
-    "augment": AUGMENTS,
-    "arch": ARCHS,
-    "normalization": tuple(NORMALIZATIONS),
-    "conv_bias": CONV_BIASES,
-    "shortcut": SHORTCUTS,
-    "aux_type": AUX_TYPES,
-    "last_aux_type": LAST_AUX_TYPES,
-    "downsampling": DOWNSAMPLINGS,
-    "init": INITS,
-    "method": METHODS,
-    "objective": OBJECTIVES,
-    "regularization": REGULARIZATIONS,
-    "lr_schedule": LR_SCHEDULES,
-    "eval_protocol": EVAL_PROTOCOLS,
-    "device": DEVICES,
-    "precision": PRECISIONS,
-    "gpu_decode": GPU_DECODES,
-    "subset": SUBSETS,
-}
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """What a config field is besides its type and default, in one place: the CLI, the panel,
+    papermill's parameters cell, run labels, presets, `reproduce` and resume all read it."""
+
+    group: str  # the panel's tab: Data, Model, Training or Run
+    help: str  # one line: papermill's parameters cell, the panel's tooltip, the CLI's help
+    label: str = ""  # the panel's short label; "" = the name with spaces
+    choices: tuple[Any, ...] = ()  # the allowed values, where they are a fixed list
+    experiment: bool = True  # changes the experiment (presets and `reproduce` compare it)
+    resumable: bool = False  # may differ between a run and its resumption: changes no number
+    in_labels: bool = True  # tells runs apart in a reader's labels when it varies
+    label_rank: int = 99  # lower: kept first when a run's label is cut short
+    # added after run folders were named by a config's hash: at its default it is left out of
+    # the hash, so folders named before keep their names (series.config_hash)
+    added: bool = False
+
+
+def setting(default: Any, group: str, *, help: str, **info: Any) -> Any:
+    """A Config field with its FieldInfo."""
+    return dataclasses.field(default=default, metadata={"info": FieldInfo(group, help, **info)})
 
 
 @dataclass(frozen=True)
 class Config:
     """One experiment. Field names are the CLI flags (with dashes) and the papermill parameters."""
 
+    # fmt: off
     # data
-    dataset: str = "mnist-5k"  # one of DATASETS; mnist-5k is embedded (no download)
-    data_dir: str = "data"  # torchvision root: datasets are read from (or downloaded to) here
-    n_train: int = 0  # training subset size; 0 = the whole training set
-    n_test: int = 0  # test subset size; 0 = the whole test set
-    subset: str = "balanced"  # n_train/n_test: balanced (seeded draw per class), first (first N)
-    augment: str = (
-        "auto"  # auto = the papers' (crop+flip on CIFAR); reflect-crop-flip: TRGL's CIFAR
-    )
-    normalization: str = "dataset"  # dataset (its training set's mean/std), or a paper's values
-    image_size: int = 0  # streamed datasets: the training crop; 0 = the dataset's (224, Tiny 64)
-    data_workers: int = 0  # streamed: loader processes, kept all run; 0 = a core each (CPU: <= 8)
-    gpu_decode: str = "auto"  # true: decode JPEGs on the GPU; false: in workers; auto: on CUDA
-    allow_modified_copy: bool = False  # accept files whose checksums differ from the originals
+    dataset: str = setting("mnist-5k", "Data", choices=tuple(DATASETS), label_rank=9,
+        help="one of DATASETS; mnist-5k is embedded (no download)")
+    data_dir: str = setting("data", "Data", label="data folder", experiment=False, in_labels=False,
+        help="torchvision root: datasets are read from (or downloaded to) here")
+    n_train: int = setting(0, "Data", label="train images",
+        help="training subset size; 0 = the whole training set")
+    n_test: int = setting(0, "Data", label="test images",
+        help="test subset size; 0 = the whole test set")
+    subset: str = setting("balanced", "Data", choices=SUBSETS,
+        help="n_train/n_test: balanced (seeded draw per class), first (first N)")
+    augment: str = setting("auto", "Data", choices=AUGMENTS,
+        help="auto = the papers' (crop+flip on CIFAR); reflect-crop-flip: TRGL's CIFAR")
+    normalization: str = setting("dataset", "Data", choices=tuple(NORMALIZATIONS),
+        help="dataset (its training set's mean/std), or a paper's values")
+    image_size: int = setting(0, "Data",
+        help="streamed datasets: the training crop; 0 = the dataset's (224, Tiny 64)")
+    data_workers: int = setting(0, "Data", experiment=False, in_labels=False,
+        help="streamed: loader processes, kept all run; 0 = a core each (CPU: <= 8)")
+    gpu_decode: str = setting("auto", "Data", choices=GPU_DECODES, experiment=False,
+        in_labels=False, help="true: decode JPEGs on the GPU; false: in workers; auto: on CUDA")
+    allow_modified_copy: bool = setting(False, "Data", label="modified copy ok", experiment=False,
+        in_labels=False, help="accept files whose checksums differ from the originals")
     # model
-    arch: str = "greedy-cnn"
-    n_units: int = 0  # conv layers (greedy-cnn) or blocks (resnet); 0 = the arch's own count
-    width: int = 0  # first layer's channels, doubling at each downsampling; 0 = the arch's default
-    batchnorm: bool = True  # BN in the greedy CNN's layers (Belilovsky's k=1 net has none)
-    conv_bias: str = "auto"  # plain nets' conv bias: auto (where no BN follows), all, none, first
-    shortcut: str = "auto"  # resnets: A (subsample + zero channels, He et al.), B (1x1 conv + BN)
-    n_modules: int = 4  # locally supervised modules (greedy-cnn: one conv layer each by default)
-    aux_depth: int = 2  # k as in Belilovsky: the head's weight layers, 1..4 (0 = global pool)
-    aux_type: str = "cnn"  # cnn, mlp, mlp-sr (DGL's study), 1cnn (TRGL's)
-    aux_width: int = 0  # M~ at the first module, doubling with the trunk; 0 = the module's width
-    aux_pool: str = (
-        "auto"  # 1cnn heads' pool kernel: auto (TRGL's, by map size), or per module "16,8"
-    )
-    last_aux_type: str = "same"  # the last module's head family (DGL's: mlp); same = aux_type
-    last_aux_depth: int = -1  # the last module's head depth; -1 = aux_depth
-    downsampling: str = "auto"  # auto = the architecture's own (invertible, stride, maxpool)
-    schedule: str = "standard"  # standard, accelerated (Ma et al.), or 1-indexed positions "1,3"
-    init: str = "default"  # default (PyTorch's), orthogonal gain 0.1 (TRGL), kaiming (VGG)
+    arch: str = setting("greedy-cnn", "Model", choices=ARCHS, label_rank=2,
+        help="greedy-cnn, resnet20/32/56/110, resnet18, vgg11 or vgg13")
+    n_units: int = setting(0, "Model", label="units",
+        help="conv layers (greedy-cnn) or blocks (resnet); 0 = the arch's own count")
+    width: int = setting(0, "Model",
+        help="first layer's channels, doubling at each downsampling; 0 = the arch's default")
+    batchnorm: bool = setting(True, "Model",
+        help="BN in the greedy CNN's layers (Belilovsky's k=1 net has none)")
+    conv_bias: str = setting("auto", "Model", choices=CONV_BIASES,
+        help="plain nets' conv bias: auto (where no BN follows), all, none, first")
+    shortcut: str = setting("auto", "Model", choices=SHORTCUTS,
+        help="resnets: A (subsample + zero channels, He et al.), B (1x1 conv + BN)")
+    n_modules: int = setting(4, "Model", label="modules", label_rank=7,
+        help="locally supervised modules (greedy-cnn: one conv layer each by default)")
+    aux_depth: int = setting(2, "Model", label="aux depth (k)", label_rank=1,
+        help="k as in Belilovsky: the head's weight layers, 1..4 (0 = global pool)")
+    aux_type: str = setting("cnn", "Model", label="aux head", choices=AUX_TYPES, label_rank=8,
+        help="cnn, mlp, mlp-sr (DGL's study), 1cnn (TRGL's)")
+    aux_width: int = setting(0, "Model", label="aux width",
+        help="M~ at the first module, doubling with the trunk; 0 = the module's width")
+    aux_pool: str = setting("auto", "Model", label="aux pool (1cnn)",
+        help='1cnn heads\' pool kernel: auto (TRGL\'s, by map size), or per module "16,8"')
+    last_aux_type: str = setting("same", "Model", label="last aux head", choices=LAST_AUX_TYPES,
+        help="the last module's head family (DGL's: mlp); same = aux_type")
+    last_aux_depth: int = setting(-1, "Model", label="last aux depth",
+        help="the last module's head depth; -1 = aux_depth")
+    downsampling: str = setting("auto", "Model", choices=DOWNSAMPLINGS, label_rank=6,
+        help="auto = the architecture's own (invertible, stride, maxpool)")
+    schedule: str = setting("standard", "Model",
+        help='standard, accelerated (Ma et al.), or 1-indexed positions "1,3"')
+    init: str = setting("default", "Model", choices=INITS,
+        help="default (PyTorch's), orthogonal gain 0.1 (TRGL), kaiming (VGG)")
     # training
-    method: str = "sequential"
-    laps: int = 2  # multilap only: passes over the modules, epochs/laps epochs each per lap
-    pipeline: bool = False  # parallel: each module trains in its own process or GPU, pipelined
-    replay_buffer: int = 0  # pipeline: DGL's async buffer of M batches per module; 0 = in lockstep
-    objective: str = "cross-entropy"  # each module's local loss: one of OBJECTIVES
-    regularization: str = "none"  # kinetic: TRGL's transport (kinetic-energy) term
-    tau: float = 1.0  # kinetic weight is 1/(2 tau): large tau = weak regularization
-    varying_tau: bool = False  # the first half of the modules use tau/2
-    epochs: int = 3  # epochs each module trains, in every method (multilap splits them in laps)
-    extra_epochs_per_module: int = 0  # sequential/multilap: module k trains (k-1) x more (TRGL)
-    batch_size: int = 128
-    lr: float = 0.05
-    lr_schedule: str = "cosine"
-    lr_step: int = 15  # step schedule: multiply by lr_decay every lr_step epochs
-    lr_decay: float = 0.2
-    momentum_restart: bool = False  # step schedule: zero the momentum at each decay (layerCNN)
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    eval_protocol: str = "last"  # last (last epoch, full test set) or trgl-best (TRGL's)
-    precise_bn: bool = True  # re-estimate trained modules' BN statistics before each evaluation
-    probe: bool = False  # after training, fit a linear probe on each module's features (Ma et al.)
-    device: str = "auto"
+    method: str = setting("sequential", "Training", choices=METHODS, label_rank=0,
+        help="sequential, parallel (DGL), multilap (TRGL laps) or end-to-end")
+    laps: int = setting(2, "Training",
+        help="multilap only: passes over the modules, epochs/laps epochs each per lap")
+    pipeline: bool = setting(False, "Training", experiment=False,
+        help="parallel: each module trains in its own process or GPU, pipelined")
+    replay_buffer: int = setting(0, "Training", label="replay buffer (M)",
+        help="pipeline: DGL's async buffer of M batches per module; 0 = in lockstep")
+    objective: str = setting("cross-entropy", "Training", choices=OBJECTIVES, label_rank=3,
+        added=True, help="each module's local loss: one of OBJECTIVES")
+    regularization: str = setting("none", "Training", choices=REGULARIZATIONS, label_rank=4,
+        help="kinetic: TRGL's transport (kinetic-energy) term")
+    tau: float = setting(1.0, "Training", label="tau (kinetic)", label_rank=5,
+        help="kinetic weight is 1/(2 tau): large tau = weak regularization")
+    varying_tau: bool = setting(False, "Training", help="the first half of the modules use tau/2")
+    epochs: int = setting(3, "Training",
+        help="epochs each module trains, in every method (multilap splits them in laps)")
+    extra_epochs_per_module: int = setting(0, "Training", label="extra epochs/module",
+        help="sequential/multilap: module k trains (k-1) x more (TRGL)")
+    batch_size: int = setting(128, "Training", help="training minibatch size")
+    lr: float = setting(0.05, "Training", label="learning rate",
+        help="SGD learning rate at the start of each module's schedule")
+    lr_schedule: str = setting("cosine", "Training", label="lr schedule", choices=LR_SCHEDULES,
+        help="per module: constant, step (see lr_step, lr_decay) or cosine")
+    lr_step: int = setting(15, "Training", label="lr step (epochs)",
+        help="step schedule: multiply by lr_decay every lr_step epochs")
+    lr_decay: float = setting(0.2, "Training", label="lr decay",
+        help="step schedule: the factor applied every lr_step epochs")
+    momentum_restart: bool = setting(False, "Training",
+        help="step schedule: zero the momentum at each decay (layerCNN)")
+    momentum: float = setting(0.9, "Training", help="SGD momentum")
+    nesterov: bool = setting(False, "Training", help="SGD with Nesterov momentum")
+    weight_decay: float = setting(5e-4, "Training", help="SGD weight decay")
+    label_smoothing: float = setting(0.0, "Training",
+        help="cross-entropy label smoothing, from 0 up to (not including) 1")
+    eval_protocol: str = setting("last", "Training", choices=EVAL_PROTOCOLS,
+        help="last (last epoch, full test set) or trgl-best (TRGL's)")
+    precise_bn: bool = setting(True, "Training", label="precise BN",
+        help="re-estimate trained modules' BN statistics before each evaluation")
+    probe: bool = setting(False, "Training", experiment=False,
+        help="after training, fit a linear probe on each module's features (Ma et al.)")
+    device: str = setting("auto", "Run", choices=DEVICES, experiment=False, resumable=True,
+        in_labels=False, help="auto picks the GPU when there is one")
     # speed (see `workbench bench`); none of these changes what is computed beyond rounding
-    precision: str = "auto"  # auto: by GPU (bf16 from 8.0, fp16 on 7.x), fp32 on the CPU
-    tf32: bool = True  # fp32 convolutions and matmuls as TF32 on GPUs that have it (8.0+)
-    channels_last: bool = True  # NHWC tensors: on CUDA, and on the CPU for plain trunks
-    compile: bool = False  # torch.compile each module and head
-    cache_features: bool = False  # sequential without augmentation: run the frozen prefix once
-    eval_batch_size: int = 0  # test images per batch; 0 = auto: batch_size (CPU), up to 1024 (GPU)
-    seed: int = 0
-    out: str = ""  # run folder; "" = runs/<time>-<arch>-<method>
+    precision: str = setting("auto", "Run", choices=PRECISIONS, experiment=False, in_labels=False,
+        help="auto: by GPU (bf16 from 8.0, fp16 on 7.x), fp32 on the CPU")
+    tf32: bool = setting(True, "Run", experiment=False, in_labels=False,
+        help="fp32 convolutions and matmuls as TF32 on GPUs that have it (8.0+)")
+    channels_last: bool = setting(True, "Run", experiment=False, in_labels=False,
+        help="NHWC tensors: on CUDA, and on the CPU for plain trunks")
+    compile: bool = setting(False, "Run", experiment=False, in_labels=False,
+        help="torch.compile each module and head")
+    cache_features: bool = setting(False, "Run", experiment=False,
+        help="sequential without augmentation: run the frozen prefix once")
+    eval_batch_size: int = setting(0, "Run", label="test batch", experiment=False, resumable=True,
+        in_labels=False,
+        help="test images per batch; 0 = auto: batch_size (CPU), up to 1024 (GPU)")
+    seed: int = setting(0, "Run", experiment=False, label_rank=10,
+        help="seed of the initialisation, the data order and the subsets")
+    out: str = setting("", "Run", label="run folder", experiment=False, resumable=True,
+        in_labels=False, help='run folder; "" = runs/<time>-<arch>-<method>')
+    # fmt: on
 
     def __post_init__(self) -> None:
-        _validate(self)
+        from workbench.config_checks import validate  # it reads this module's tables
+
+        validate(self)
 
     # -- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -260,235 +318,6 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     return str(value)
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}: got {value!r}; allowed: {', '.join(allowed)}")
-
-
-def _at_least(name: str, value: float, low: float, what: str = "") -> None:
-    if not value >= low or math.isnan(value):
-        raise ConfigError(f"{name}: got {value!r}; allowed: {what or f'>= {low}'}")
-
-
-def n_units(config: Config) -> int:
-    """How many units (conv layers / residual blocks) the trunk has, stem excluded."""
-    return archs.unit_count(config)
-
-
-def _validate_schedule(config: Config) -> None:
-    total = archs.unit_count(config)
-    if config.schedule not in ("standard", "accelerated"):
-        parts = [p.strip() for p in config.schedule.split(",")]
-        if not all(p.isdigit() for p in parts if p) or not any(parts):
-            raise ConfigError(
-                f"schedule: got {config.schedule!r}; allowed: standard, accelerated, or "
-                f"comma-separated layer positions between 1 and {total} like '1,3'"
-            )
-    positions = config.downsampling_positions()
-    if sorted(set(positions)) != positions:
-        raise ConfigError(
-            f"schedule: got {config.schedule!r}; allowed: positions in increasing order, "
-            "each at most once"
-        )
-    if positions and (positions[0] < 1 or positions[-1] > total):
-        raise ConfigError(
-            f"schedule: got {config.schedule!r}; allowed: positions between 1 and {total} "
-            f"({config.arch} with n_modules={config.n_modules} has {total} layers/blocks)"
-        )
-    size = config.input_size
-    if size % (2 ** len(positions)) != 0 or size // 2 ** len(positions) < 1:
-        fits = 0
-        while size % 2 ** (fits + 1) == 0:
-            fits += 1
-        raise ConfigError(
-            f"schedule: got {config.schedule!r} ({len(positions)} downsamplings); allowed: at "
-            f"most {fits} downsamplings for {config.dataset}'s {size}x{size} images"
-        )
-
-
-def _validate(c: Config) -> None:
-    for name, allowed in FIELD_CHOICES.items():  # first: later checks use these fields
-        _choice(name, getattr(c, name), allowed)
-    _validate_data(c)
-    _validate_model(c)
-    _validate_training(c)
-    _validate_schedule(c)
-
-
-def _validate_data(c: Config) -> None:
-    _at_least("n_train", c.n_train, 0, "0 (all) or a positive subset size")
-    _at_least("n_test", c.n_test, 0, "0 (all) or a positive subset size")
-    info = c.dataset_info
-    streamed = [n for n, d in DATASETS.items() if d.streamed]
-    if c.image_size and not info.streamed:
-        raise ConfigError(
-            f"image_size: got {c.image_size} for {c.dataset}; allowed: 0 (the dataset's own "
-            f"size), or a crop size for the streamed datasets ({', '.join(streamed)})"
-        )
-    if c.image_size and (c.image_size < 8 or c.image_size % 2):
-        raise ConfigError(f"image_size: got {c.image_size}; allowed: 0 or an even size >= 8")
-    _at_least("data_workers", c.data_workers, 0, "0 (one per CPU core) or a count")
-    if c.gpu_decode == "true" and not info.streamed:
-        raise ConfigError(
-            f"gpu_decode: got 'true' for {c.dataset}, which is held in memory; allowed: auto or "
-            f"false (decoding image files on the GPU is for the streamed datasets: "
-            f"{', '.join(streamed)})"
-        )
-    if c.gpu_decode == "true" and c.device == "cpu":
-        raise ConfigError(
-            "gpu_decode: got 'true' with device 'cpu'; allowed: auto or false (decoding on the "
-            "device needs a CUDA GPU)"
-        )
-    if c.resolved_augment == "resized-crop-flip" and not info.streamed:
-        raise ConfigError(
-            f"augment: got 'resized-crop-flip' for {c.dataset}; allowed: none, crop, crop-flip, "
-            "reflect-crop-flip (random resized crops are for the streamed datasets: "
-            f"{', '.join(streamed)})"
-        )
-    if c.resolved_augment == "reflect-crop-flip" and info.streamed:
-        raise ConfigError(
-            f"augment: got 'reflect-crop-flip' for {c.dataset}, which is streamed from image "
-            "files; allowed: auto, none, crop, crop-flip, resized-crop-flip (reflection padding "
-            "is for the in-memory datasets)"
-        )
-    for name in ("probe", "cache_features"):
-        if getattr(c, name) and info.streamed:
-            raise ConfigError(
-                f"{name}: got true for {c.dataset}, which is streamed from image files; "
-                f"allowed: false (it needs the whole training set in memory)"
-            )
-    stats = NORMALIZATIONS[c.normalization]
-    if stats and len(stats[0]) != info.channels:
-        fitting = [n for n, v in NORMALIZATIONS.items() if not v or len(v[0]) == info.channels]
-        raise ConfigError(
-            f"normalization: got {c.normalization!r} ({len(stats[0])} channels) for "
-            f"{c.dataset}'s {info.channels}-channel images; allowed: {', '.join(fitting)}"
-        )
-
-
-def _validate_model(c: Config) -> None:
-    arch = archs.ARCHITECTURES[c.arch]
-    _at_least(
-        "width", c.width, 0, "0 (the architecture's default) or a positive number of channels"
-    )
-    _at_least("n_modules", c.n_modules, 1, "a positive number of modules")
-    _at_least("n_units", c.n_units, 0, "0 (the architecture's own) or a positive count")
-    if c.n_units and not arch.configurable_depth:
-        raise ConfigError(
-            f"n_units: got {c.n_units} for {c.arch}, which has {arch.units}; allowed: 0, or any "
-            "count for greedy-cnn and resnet"
-        )
-    total = archs.unit_count(c)
-    if c.n_modules > total:
-        raise ConfigError(
-            f"n_modules: got {c.n_modules}; allowed: 1 to {total} for {c.arch} "
-            f"(it has {total} {'blocks' if arch.kind == 'resnet' else 'layers'} to share out)"
-        )
-    if arch.kind == "resnet" and c.conv_bias != "auto":
-        raise ConfigError(
-            f"conv_bias: got {c.conv_bias!r} for {c.arch}; allowed: auto (a ResNet's convs "
-            "are followed by BN and have no bias)"
-        )
-    if arch.kind != "resnet" and c.shortcut != "auto":
-        raise ConfigError(
-            f"shortcut: got {c.shortcut!r} for {c.arch}, which has no residual blocks; "
-            "allowed: auto"
-        )
-    if archs.resolved_shortcut(c) == "A" and c.resolved_downsampling == "invertible":
-        raise ConfigError(
-            "shortcut: got 'A' with downsampling 'invertible'; allowed: B (psi makes a block's "
-            "input 4C wide, more than its 2C output: no zero-padding shortcut fits)"
-        )
-    for name in ("aux_depth", "last_aux_depth"):
-        depth = getattr(c, name)
-        low = -1 if name == "last_aux_depth" else 0
-        if not low <= depth <= MAX_AUX_DEPTH:
-            what = "-1 (as aux_depth) or 0" if low < 0 else "0"
-            raise ConfigError(f"{name}: got {depth}; allowed: {what} to {MAX_AUX_DEPTH}")
-    _at_least("aux_width", c.aux_width, 0, "0 (the module's width) or a positive width")
-    _validate_aux_pool(c)
-    problem = kinetic.check(c)
-    if problem:
-        raise ConfigError(problem)
-
-
-def _validate_aux_pool(c: Config) -> None:
-    """aux_pool: auto, or one average-pool kernel per module (TRGL's `apc`), each at most the
-    module's map size, and only where every head is a 1cnn head (the only fixed-kernel pool)."""
-    if c.aux_pool == "auto":
-        return
-    parts = [p.strip() for p in c.aux_pool.split(",")]
-    if len(parts) != c.n_modules or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ConfigError(
-            f"aux_pool: got {c.aux_pool!r}; allowed: auto, or {c.n_modules} positive kernel "
-            "sizes separated by commas, one per module, like "
-            f"{','.join(['8'] * c.n_modules)!r}"
-        )
-    last = c.aux_type if c.last_aux_type == "same" else c.last_aux_type
-    kinds = {c.aux_type, last} if c.n_modules > 1 else {last}
-    if kinds != {"1cnn"}:
-        raise ConfigError(
-            f"aux_pool: got {c.aux_pool!r} with {'/'.join(sorted(kinds))} heads; allowed: auto "
-            "(only 1cnn heads pool with a fixed kernel)"
-        )
-    sizes = archs.module_map_sizes(c)
-    for k, (kernel, size) in enumerate(zip(c.aux_pool_kernels(), sizes, strict=True)):
-        if kernel > size:
-            raise ConfigError(
-                f"aux_pool: got {c.aux_pool!r}; allowed: kernels up to each module's map size "
-                f"({','.join(map(str, sizes))} px): module {k + 1}'s is {kernel} on {size} px"
-            )
-
-
-def _validate_training(c: Config) -> None:
-    _at_least("laps", c.laps, 1, "a positive number of laps")
-    if c.method == "multilap" and c.laps > c.epochs:
-        raise ConfigError(
-            f"laps: got {c.laps}; allowed: 1 to epochs ({c.epochs}), so each lap has an epoch"
-        )
-    if c.pipeline and c.method != "parallel":
-        raise ConfigError(
-            f"pipeline: got true with method {c.method!r}; allowed: true only with method "
-            "parallel (its modules train at once), false otherwise"
-        )
-    _at_least("replay_buffer", c.replay_buffer, 0, "0 (in lockstep) or a number of batches")
-    if c.replay_buffer and not c.pipeline:
-        raise ConfigError(
-            f"replay_buffer: got {c.replay_buffer} with pipeline false; allowed: 0, or a number "
-            "of batches with pipeline true"
-        )
-    _at_least("extra_epochs_per_module", c.extra_epochs_per_module, 0, ">= 0")
-    if c.extra_epochs_per_module and c.method not in ("sequential", "multilap"):
-        raise ConfigError(
-            f"extra_epochs_per_module: got {c.extra_epochs_per_module} with method "
-            f"{c.method!r}; allowed: 0, or any count with sequential or multilap"
-        )
-    if not c.tau > 0 or math.isinf(c.tau):
-        raise ConfigError(f"tau: got {c.tau!r}; allowed: a finite number > 0")
-    _at_least("epochs", c.epochs, 1, "a positive number of epochs")
-    _at_least("batch_size", c.batch_size, 1, "a positive batch size")
-    _at_least("eval_batch_size", c.eval_batch_size, 0, "0 (automatic) or a positive batch size")
-    if not c.lr > 0 or math.isinf(c.lr):
-        raise ConfigError(f"lr: got {c.lr!r}; allowed: a finite number > 0")
-    _at_least("lr_step", c.lr_step, 1, "a positive number of epochs")
-    if not 0 < c.lr_decay <= 1:
-        raise ConfigError(f"lr_decay: got {c.lr_decay!r}; allowed: 0 < lr_decay <= 1")
-    if c.momentum_restart and c.lr_schedule != "step":
-        raise ConfigError(
-            f"momentum_restart: got true with lr_schedule {c.lr_schedule!r}; allowed: true "
-            "only with the step schedule (it restarts momentum at each decay)"
-        )
-    if not 0 <= c.momentum < 1:
-        raise ConfigError(f"momentum: got {c.momentum!r}; allowed: 0 <= momentum < 1")
-    if c.nesterov and c.momentum == 0:
-        raise ConfigError("nesterov: got true with momentum 0; allowed: nesterov with momentum > 0")
-    _at_least("weight_decay", c.weight_decay, 0, ">= 0")
-    if not 0 <= c.label_smoothing < 1:
-        raise ConfigError(
-            f"label_smoothing: got {c.label_smoothing!r}; allowed: 0 <= label_smoothing < 1"
-        )
-
-
 def config_fields() -> list[dataclasses.Field]:
     """The config's fields in declaration order (for the CLI, widgets and papermill)."""
     return list(fields(Config))
@@ -496,3 +325,18 @@ def config_fields() -> list[dataclasses.Field]:
 
 # A field's default, for building forms and parameter cells.
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
+FIELD_INFO: dict[str, FieldInfo] = {f.name: f.metadata["info"] for f in fields(Config)}
+# fields whose value comes from a fixed list: validation, the panel's dropdowns and help read it
+FIELD_CHOICES: dict[str, tuple[Any, ...]] = {
+    n: i.choices for n, i in FIELD_INFO.items() if i.choices
+}
+# fields that may differ between a run and its resumption (they change no number)
+RESUMABLE_DIFFERENCES = tuple(n for n, i in FIELD_INFO.items() if i.resumable)
+
+
+def saved_value(saved: dict[str, Any], name: str) -> Any:
+    """A field of a saved config.json; a field added since it was written reads as its default
+    (what the run used), so older folders compare, resume and keep their names as they are."""
+    if saved and name not in saved:
+        return DEFAULTS.get(name)
+    return saved.get(name)

@@ -14,26 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.config import Config, ConfigError
+from workbench.config import FIELD_INFO, Config, ConfigError
 
 # fields that do not change the experiment: where and how fast it runs, what else it records
-NON_EXPERIMENT_FIELDS = (
-    "out",
-    "device",
-    "data_dir",
-    "data_workers",
-    "gpu_decode",
-    "allow_modified_copy",
-    "precision",
-    "tf32",
-    "channels_last",
-    "compile",
-    "eval_batch_size",
-    "cache_features",
-    "pipeline",
-    "probe",
-    "seed",
-)
+NON_EXPERIMENT_FIELDS = tuple(name for name, info in FIELD_INFO.items() if not info.experiment)
 
 
 @dataclass(frozen=True)

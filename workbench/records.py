@@ -29,10 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from workbench.config import Config, ConfigError
+from workbench.config import RESUMABLE_DIFFERENCES, Config, ConfigError
 
-# fields that may differ between a run and its resumption
-RESUMABLE_DIFFERENCES = ("out", "device", "eval_batch_size")  # they change no number
 LOCK_FILE = ".lock"
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what _temporary_sibling names
 _REASONS = {  # the OS's words for what the user can act on, without the errno number

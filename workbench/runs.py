@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from workbench.config import DEFAULTS, Config
+from workbench.config import FIELD_INFO, Config, saved_value
 from workbench.records import (
     ENDED,
     LOCK_FILE,
@@ -29,34 +29,14 @@ from workbench.records import (
     read_json_quietly,
 )
 
-# fields that never tell two runs apart for a reader: where the run lives, how fast it went,
-# how its data was read
-NOT_LABELS = (
-    "out",
-    "data_dir",
-    "device",
-    "precision",
-    "tf32",
-    "channels_last",
-    "compile",
-    "eval_batch_size",
-    "data_workers",
-    "gpu_decode",
-    "allow_modified_copy",
-)
-# the fields a reader looks for first, so a label cut short keeps them
-FIRST_IN_LABELS = (
-    "method",
-    "aux_depth",
-    "arch",
-    "objective",
-    "regularization",
-    "tau",
-    "downsampling",
-    "n_modules",
-    "aux_type",
-    "dataset",
-    "seed",
+# fields that never tell two runs apart for a reader (where the run lives, how fast it went,
+# how its data was read), and the ones a reader looks for first, so a cut label keeps them
+NOT_LABELS = tuple(name for name, info in FIELD_INFO.items() if not info.in_labels)
+FIRST_IN_LABELS = tuple(
+    sorted(
+        (n for n, i in FIELD_INFO.items() if i.label_rank < 99),
+        key=lambda n: FIELD_INFO[n].label_rank,
+    )
 )
 LABEL_FIELDS = 3  # at most this many fields in a label; the rest is counted ("+2")
 SHORT_VALUES = {True: "on", False: "off"}
@@ -198,14 +178,6 @@ def same_config(saved: Mapping[str, Any], config: Config) -> bool:
     return all(
         saved_value(saved, k) == v for k, v in wanted.items() if k not in RESUMABLE_DIFFERENCES
     )
-
-
-def saved_value(saved: Mapping[str, Any], name: str) -> Any:
-    """A field of a saved config.json; a field added since it was written reads as its default
-    (what the run used), so older folders compare and resume as they are."""
-    if saved and name not in saved:
-        return DEFAULTS.get(name)
-    return saved.get(name)
 
 
 def find_same_config(root: str | Path, config: Config) -> list[tuple[Path, str]]:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.config import saved_value
 from workbench.records import atomic_write_bytes, read_metrics
-from workbench.runs import run_labels, saved_value, varying_fields
+from workbench.runs import run_labels, varying_fields
 
 DEFAULT_RUNS = "runs"  # where the panel and `workbench run` put runs (records' default `out`)
 FIGURES = ("accuracy", "loss", "depth", "separability")  # what Comparison.show can be asked for

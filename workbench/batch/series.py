@@ -24,7 +24,7 @@ from typing import Any
 
 from workbench.batch.compare import read_json, write_csv
 from workbench.batch.notebook import EpochPrinter
-from workbench.config import Config
+from workbench.config import DEFAULTS, FIELD_INFO, Config
 from workbench.records import RESUMABLE_DIFFERENCES, Status
 
 # Results of full-scale runs (a results.csv each, named after its notebook), committed when one
@@ -33,8 +33,14 @@ FULL_SCALE_DIR = Path(__file__).resolve().parents[2] / "notebooks" / "full_scale
 
 
 def config_hash(config: Config) -> str:
-    """Eight hex digits that change when anything but the run folder or device changes."""
-    values = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_DIFFERENCES}
+    """Eight hex digits that change when anything but the run folder or device changes. A
+    field added since folders were first named (FieldInfo.added) counts only off its default,
+    so a folder named before it keeps its name."""
+    values = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in RESUMABLE_DIFFERENCES and not (FIELD_INFO[k].added and v == DEFAULTS[k])
+    }
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 

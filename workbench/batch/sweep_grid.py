@@ -24,7 +24,7 @@ from typing import Any
 
 from workbench.batch.compare import read_json, result_columns
 from workbench.batch.notebook import NOTEBOOK_PARAMETERS
-from workbench.config import Config, ConfigError, config_fields
+from workbench.config import Config, ConfigError, config_fields, saved_value
 from workbench.records import RESUMABLE_DIFFERENCES, Status, atomic_write_json, read_json_quietly
 
 GRID_KEYS = ("fixed", "grid")
@@ -220,9 +220,10 @@ def _check_existing_run(name: str, run_dir: Path, config: Config) -> None:
             "point's folder to run it again"
         ) from None
     for key, value in config.to_dict().items():
-        if key not in RESUMABLE_DIFFERENCES and previous.get(key) != value:
+        held = saved_value(previous, key)
+        if key not in RESUMABLE_DIFFERENCES and held != value:
             raise SweepError(
-                f"grid point {name}: {run_dir} holds a run with {key}={previous.get(key)!r}, "
+                f"grid point {name}: {run_dir} holds a run with {key}={held!r}, "
                 f"not {value!r}; allowed: another --out, or the grid that made that folder"
             )
 

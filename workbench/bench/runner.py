@@ -270,11 +270,11 @@ class Bench(RunSections, FastPathSections, PipelineSections, DDPSections, Loader
 
     def deepest(self, wanted: int) -> int:
         """`wanted` modules, or as many as the architecture has blocks."""
-        from workbench.config import n_units
+        from workbench.models.archs import unit_count
 
         if self.config.arch == "greedy-cnn":
             return wanted
-        return min(wanted, n_units(self.config))
+        return min(wanted, unit_count(self.config))
 
     def depth(self) -> dict[str, Any]:
         """Sequential (prefix re-run every step) against parallel as the net deepens."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +23,10 @@ from workbench.config import Config
 from workbench.local import kinetic
 from workbench.local.objective import LocalBatch, LocalInputs, Objective
 from workbench.local.objectives import objective_class
-from workbench.local.optim import make_sgd, update
-from workbench.training.device import Precision, make_scaler
+from workbench.local.optim import make_scaler, make_sgd, update
+
+if TYPE_CHECKING:  # the precision is chosen in training/, which drives learners
+    from workbench.training.device import Precision
 
 Forward = Callable[[Tensor], Any]
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from workbench.config import Config
+
+if TYPE_CHECKING:  # the precision is chosen in training/, which drives learners
+    from workbench.training.device import Precision
+
+
+def make_scaler(precision: Precision, device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler for an fp16 run (one per optimizer: each learner skips its own steps)."""
+    return torch.amp.GradScaler(device.type) if precision.scaled else None
 
 
 def make_sgd(

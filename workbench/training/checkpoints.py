@@ -4,53 +4,112 @@ A finishing module's checkpoint is written before the resume point that skips pa
 kill loses one; a resume rewrites any that are missing, and an unreadable last.pt falls back to
 the module checkpoints where they hold the whole state at the end of a phase. Everything stored
 is tensors and plain data: checkpoints load with weights_only=True and never run code.
+
+What a resume needs is one typed record, ResumePoint, and the learners' training state:
+last.pt holds both, a finished module's checkpoint its ResumePoint, and under torchrun rank 0
+sends both to the other ranks (distributed.py).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from workbench.records import CheckpointError
 
 LAST = "last.pt"
-# what a resume point holds besides the weights (last.pt, and module checkpoints' "resume")
-RESUME_KEYS = {"phase", "epochs_done", "metrics_rows", "global_epoch", "test_acc", "elapsed", "rng"}
+
+
+@dataclass
+class ResumePoint:
+    """Where a run stands besides its weights: what a resume needs to go on exactly. Stored as
+    a dict of these names (last.pt's top level, a module checkpoint's "resume")."""
+
+    phase: int  # index of the phase the run is in
+    epochs_done: int  # of that phase
+    metrics_rows: int  # metrics.jsonl's rows up to this point (later ones are dropped)
+    global_epoch: int  # epochs trained so far, every module's counted (the data order's)
+    test_acc: dict[int, float]  # each module's latest test accuracy (1-indexed)
+    elapsed: float  # training seconds of the sessions so far
+    rng: Tensor  # torch's CPU generator state
+    test_top5: dict[int, float] = field(default_factory=dict)  # (not in the oldest runs)
+    best: dict[str, Any] | None = None  # TRGL's protocol: the best epoch so far
+
+    @classmethod
+    def required(cls) -> set[str]:
+        """The names every stored resume point holds (the others came later)."""
+        return {f.name for f in fields(cls) if f.default is f.default_factory is MISSING}
+
+    @classmethod
+    def of(cls, state: Any) -> ResumePoint | None:
+        """The resume point stored in `state`, or None if it holds none."""
+        if not isinstance(state, dict) or not cls.required() <= set(state):
+            return None
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+    def stored(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class CheckpointMixin:
-    """The Trainer's checkpoint methods (they read its model, optimizers, phases and run)."""
+    """The Trainer's checkpoint methods (they read its model, learners, phases and run)."""
 
     def resume_point(
         self, phase_index: int, epochs_done: int, metrics_rows: int, elapsed: float
-    ) -> dict[str, Any]:
-        """Where the run stands, besides the weights: what a resume needs to go on exactly."""
+    ) -> ResumePoint:
+        """Where the run stands, besides the weights."""
+        return ResumePoint(
+            phase=phase_index,
+            epochs_done=epochs_done,
+            metrics_rows=metrics_rows,
+            global_epoch=self.global_epoch,
+            test_acc=self.test_acc,
+            test_top5=self.test_top5,
+            best=self.best,
+            elapsed=elapsed,
+            rng=torch.get_rng_state(),
+        )
+
+    def training_state(self) -> dict[str, Any]:
+        """The weights and the learners' SGD (and fp16 loss scaler) states, by learner key."""
+        learners = self.learners.items()
         return {
-            "phase": phase_index,
-            "epochs_done": epochs_done,
-            "metrics_rows": metrics_rows,
-            "global_epoch": self.global_epoch,
-            "test_acc": self.test_acc,
-            "test_top5": self.test_top5,
-            "best": self.best,
-            "elapsed": elapsed,
-            "rng": torch.get_rng_state(),
+            "model": self.model.state_dict(),
+            "optimizers": {k: learner.optimizer.state_dict() for k, learner in learners},
+            "scalers": {
+                k: learner.scaler.state_dict() for k, learner in learners if learner.scaler
+            },
         }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        for key, opt_state in state["optimizers"].items():
+            self.learner(key).optimizer.load_state_dict(opt_state)
+        # fp16's loss scalers (none before fp16 runs existed; a run resumed in another
+        # precision ignores them; {} is a scaler that never scaled a loss)
+        for key, scaler_state in state.get("scalers", {}).items():
+            scaler = self.learner(key).scaler
+            if scaler is not None and scaler_state:
+                scaler.load_state_dict(scaler_state)
+
+    def take_resume_point(self, point: ResumePoint) -> None:
+        """Stand where `point` says (the weights are loaded apart)."""
+        self.global_epoch, self.test_acc = point.global_epoch, dict(point.test_acc)
+        self.test_top5, self.best = dict(point.test_top5), point.best
+        self.train_batches.epoch = self.global_epoch  # same data order as an unbroken run
+        self.elapsed_before = point.elapsed
+        torch.set_rng_state(point.rng)
 
     def save(self, phase_index: int, epochs_done: int, metrics_rows: int, elapsed: float) -> None:
-        state = self.resume_point(phase_index, epochs_done, metrics_rows, elapsed)
-        state["model"] = self.model.state_dict()
-        learners = self.learners.items()
-        state["optimizers"] = {k: learner.optimizer.state_dict() for k, learner in learners}
-        state["scalers"] = {  # fp16's
-            k: learner.scaler.state_dict() for k, learner in learners if learner.scaler is not None
-        }
-        self.run.save_checkpoint(LAST, state)
+        point = self.resume_point(phase_index, epochs_done, metrics_rows, elapsed)
+        self.run.save_checkpoint(LAST, {**point.stored(), **self.training_state()})
 
-    def save_module(self, k: int, resume: dict[str, Any] | None) -> None:
+    def save_module(self, k: int, resume: ResumePoint | None) -> None:
         """module_<k>.pt: the module and its head, and (at the end of its last phase) where the
         run stood then, so the module checkpoints can stand in for an unreadable last.pt."""
         state = {
@@ -60,45 +119,32 @@ class CheckpointMixin:
             "test_top5": self.test_top5.get(k + 1),
         }
         if resume is not None:
-            state["resume"] = resume
+            state["resume"] = resume.stored()
         self.run.save_checkpoint(f"module_{k + 1}.pt", state)
 
     def restore(self) -> tuple[int, int]:
         """Load the last checkpoint, if any; returns (phase index, epochs done in it)."""
         try:
             state = self.run.load_checkpoint(LAST)
-            if state is not None and not RESUME_KEYS | {"model", "optimizers"} <= set(state):
+            point = ResumePoint.of(state)
+            if state is not None and (point is None or not {"model", "optimizers"} <= set(state)):
                 raise CheckpointError(self.run.checkpoints / LAST, "not a workbench checkpoint")
         except CheckpointError as e:
             return self.recover(e)
-        if state is None:
+        if state is None or point is None:
             self.run.truncate_metrics(0)
             return 0, 0
-        self.model.load_state_dict(state["model"])
-        for key, opt_state in state["optimizers"].items():
-            self.learner(key).optimizer.load_state_dict(opt_state)
-        self.load_scalers(state.get("scalers", {}))  # none before fp16 runs existed
-        phase, done = self.restore_point(state)
+        self.load_training_state(state)
+        phase, done = self.restore_point(point)
         start = (phase + 1, 0) if done == self.phases[phase].epochs else (phase, done)
         self.rewrite_missing_modules(*start)
         return start
 
-    def load_scalers(self, states: dict[str, dict[str, Any]]) -> None:
-        """The fp16 loss scalers' states (a run resumed in another precision ignores them)."""
-        for key, scaler_state in states.items():
-            scaler = self.learner(key).scaler
-            if scaler is not None and scaler_state:  # {}: a scaler that never scaled a loss
-                scaler.load_state_dict(scaler_state)
-
-    def restore_point(self, state: dict[str, Any]) -> tuple[int, int]:
-        """Take up a resume_point; returns its (phase index, epochs done)."""
-        self.global_epoch, self.test_acc = state["global_epoch"], dict(state["test_acc"])
-        self.test_top5, self.best = dict(state.get("test_top5", {})), state.get("best")
-        self.train_batches.epoch = self.global_epoch  # same data order as an unbroken run
-        self.elapsed_before = state["elapsed"]
-        torch.set_rng_state(state["rng"])
-        self.run.truncate_metrics(state["metrics_rows"])
-        return state["phase"], state["epochs_done"]
+    def restore_point(self, point: ResumePoint) -> tuple[int, int]:
+        """Take up a stored resume point; returns its (phase index, epochs done)."""
+        self.take_resume_point(point)
+        self.run.truncate_metrics(point.metrics_rows)
+        return point.phase, point.epochs_done
 
     def rewrite_missing_modules(self, start_phase: int, start_epoch: int) -> None:
         """Write the checkpoint of any module finished before the resume point that lacks one
@@ -142,13 +188,13 @@ class CheckpointMixin:
                 state = self.run.load_checkpoint(f"module_{last + 1}.pt")
             except CheckpointError:
                 continue
-            resume = state.get("resume") if state else None
-            if not isinstance(resume, dict) or not RESUME_KEYS <= set(resume):
+            resume = ResumePoint.of(state.get("resume")) if state else None
+            if resume is None:
                 continue
-            trained = {k for p in self.phases[: resume["phase"] + 1] for k in p.modules}
+            trained = {k for p in self.phases[: resume.phase + 1] for k in p.modules}
             if not trained <= set(range(last + 1)):  # a module trained then has no checkpoint
                 continue
-            saved = {last: state}
+            saved = {last: {**state, "resume": resume}}
             for k in range(last):
                 try:
                     saved[k] = self.run.load_checkpoint(f"module_{k + 1}.pt")

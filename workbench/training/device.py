@@ -135,11 +135,6 @@ def applied(settings: list[tuple[Any, str, Any]]) -> Iterator[None]:
             setattr(obj, name, value)
 
 
-def make_scaler(precision: Precision, device: torch.device) -> torch.amp.GradScaler | None:
-    """A loss scaler for an fp16 run (one per optimizer: each module skips its own steps)."""
-    return torch.amp.GradScaler(device.type) if precision.scaled else None
-
-
 def memory_format(config: Config, device: torch.device) -> torch.memory_format:
     """NHWC on CUDA, the layout cuDNN's tensor-core convolutions use. On the CPU, NHWC for
     plain trunks (greedy CNN, VGG) and NCHW for ResNets: `workbench bench` measured oneDNN's

@@ -48,6 +48,7 @@ from workbench.config import Config, ConfigError
 from workbench.events import Callback
 from workbench.local.learner import training_body
 from workbench.records import RunDir, RunFolderError
+from workbench.training.checkpoints import ResumePoint
 from workbench.training.engine import Trainer
 from workbench.training.methods import Phase
 
@@ -353,44 +354,24 @@ class DistributedTrainer(Trainer):
 
     # -- resume ------------------------------------------------------------------------------
     def restore(self) -> tuple[int, int]:
-        """Rank 0 restores from the run folder and sends the other ranks what it restored."""
+        """Rank 0 restores from the run folder and sends the other ranks what it restored: the
+        weights, the learners' states and its resume point."""
         state: dict[str, Any] | None = None
         if self.ranks.rank == 0:
             start = super().restore()
-            state = {"start": start, **(self.restored_state() if self.global_epoch else {})}
+            state = {"start": start}
+            if self.global_epoch:
+                point = self.resume_point(*start, 0, self.elapsed_before)
+                state.update(point=point.stored(), **self.training_state())
+            state = _on_cpu(state)
         state = self.ranks.broadcast(state)
         assert state is not None
-        if self.ranks.rank != 0 and "model" in state:
-            self.take_state(state)
+        if self.ranks.rank != 0 and "point" in state:
+            self.load_training_state(state)  # copied into the parameters DDP holds
+            point = ResumePoint.of(state["point"])
+            assert point is not None
+            self.take_resume_point(point)
         return tuple(state["start"])  # type: ignore[return-value]
-
-    def restored_state(self) -> dict[str, Any]:
-        """Everything restore() set, on the CPU: weights, optimizers and the resume point."""
-        return _on_cpu(
-            {
-                "model": self.model.state_dict(),
-                "optimizers": {k: s.optimizer.state_dict() for k, s in self.learners.items()},
-                "scalers": {k: s.scaler.state_dict() for k, s in self.learners.items() if s.scaler},
-                "global_epoch": self.global_epoch,
-                "test_acc": self.test_acc,
-                "test_top5": self.test_top5,
-                "best": self.best,
-                "elapsed_before": self.elapsed_before,
-                "data_epoch": self.train_batches.epoch,
-                "rng": torch.get_rng_state(),
-            }
-        )
-
-    def take_state(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])  # copied into the parameters DDP holds
-        for key, optimizer_state in state["optimizers"].items():
-            self.learner(key).optimizer.load_state_dict(optimizer_state)
-        self.load_scalers(state["scalers"])
-        self.global_epoch, self.best = state["global_epoch"], state["best"]
-        self.test_acc, self.test_top5 = dict(state["test_acc"]), dict(state["test_top5"])
-        self.elapsed_before = state["elapsed_before"]
-        self.train_batches.epoch = state["data_epoch"]
-        torch.set_rng_state(state["rng"])
 
 
 def _on_cpu(obj: Any) -> Any:

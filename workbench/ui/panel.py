@@ -38,65 +38,10 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "aux_depth": tuple(range(cfg.MAX_AUX_DEPTH + 1)),
 }
 SUGGESTIONS = {"schedule": ["standard", "accelerated", "1,3", "2,4"]}
-# which tab each field sits on; anything unlisted goes to "Run"
-TABS = {
-    "Data": [
-        "dataset",
-        "data_dir",
-        "n_train",
-        "n_test",
-        "subset",
-        "augment",
-        "normalization",
-        "image_size",
-        "data_workers",
-        "gpu_decode",
-        "allow_modified_copy",
-    ],
-    "Model": [
-        "arch",
-        "n_units",
-        "width",
-        "batchnorm",
-        "conv_bias",
-        "shortcut",
-        "n_modules",
-        "aux_depth",
-        "aux_type",
-        "aux_width",
-        "aux_pool",
-        "last_aux_type",
-        "last_aux_depth",
-        "downsampling",
-        "schedule",
-        "init",
-    ],
-    "Training": [
-        "method",
-        "pipeline",
-        "replay_buffer",
-        "laps",
-        "extra_epochs_per_module",
-        "objective",
-        "regularization",
-        "tau",
-        "varying_tau",
-        "epochs",
-        "batch_size",
-        "lr",
-        "lr_schedule",
-        "lr_step",
-        "lr_decay",
-        "momentum_restart",
-        "momentum",
-        "nesterov",
-        "weight_decay",
-        "label_smoothing",
-        "eval_protocol",
-        "precise_bn",
-        "probe",
-    ],
-}
+# each tab's fields, in Config's order (a field's tab is its FieldInfo.group)
+TABS: dict[str, list[str]] = {}
+for _name, _info in cfg.FIELD_INFO.items():
+    TABS.setdefault(_info.group, []).append(_name)
 STYLE = {"description_width": "120px"}
 FIELD_WIDTH = "330px"
 WARN_ABOVE_S = 6 * 3600.0  # a config estimated longer than this asks before it starts
@@ -175,8 +120,7 @@ class WorkbenchPanel:
         )
 
     def _tabs(self) -> widgets.Tab:
-        placed = {name for names in TABS.values() for name in names}
-        groups = {**TABS, "Run": [n for n in self.inputs if n not in placed]}
+        groups = TABS
         tab = widgets.Tab(
             [
                 widgets.GridBox(
