@@ -19,6 +19,7 @@ from workbench.data import Batches, load_data
 from workbench.metrics import evaluate
 from workbench.models import build_model
 from workbench.records import RunDir
+from workbench.summary import Summary
 from workbench.training import Trainer
 from workbench.training.device import memory_format
 
@@ -94,8 +95,7 @@ def test_a_sequential_run_evaluates_each_frozen_module_once(tmp_path, monkeypatc
         model.trunk[k].register_forward_hook(counter(("trunk", k)))
     with RunDir.open(config) as run:
         trainer = Trainer(config, run, model, data, CPU)
-        summary: dict = {}
-        trainer.fit(summary)
+        trainer.fit(Summary())
         final = trainer.final_summary()
     for k in range(n_modules):
         prefix_runs = 0 if kept else n_modules - 1 - k  # once per later phase
@@ -128,10 +128,10 @@ def test_a_resumed_run_without_kept_logits_evaluates_in_full(tmp_path):
     data = load_data(config)
     with RunDir.open(config) as run:
         trainer = Trainer(config, run, build_model(config), data, CPU)
-        trainer.fit({})
+        trainer.fit(Summary())
     with RunDir.open(config) as run:  # a new process would see only the checkpoints
         resumed = Trainer(config, run, build_model(config), data, CPU)
-        resumed.fit({})
+        resumed.fit(Summary())
         assert resumed.test_logits == {}
         final = resumed.final_summary()
     assert final["per_module_test_acc"] == unbroken["per_module_test_acc"]

@@ -191,3 +191,20 @@ def test_a_field_added_later_leaves_the_names_of_older_series_folders_alone():
     kinetic_run = Config(arch="resnet20", regularization="kinetic", n_modules=3, seed=2)
     assert config_hash(kinetic_run) == "446cd168"
     assert config_hash(Config(objective="cross-entropy")) == config_hash(Config())
+
+
+def test_summary_json_is_the_typed_summary_and_holds_only_known_keys(tmp_path):
+    """summary.json is written from one Summary: every key a field, the `later` ones only once
+    they are known, and no code can add a key the schema does not have."""
+    from dataclasses import fields
+
+    from workbench.summary import Summary
+
+    summary = run_experiment(tiny(tmp_path, n_modules=2, epochs=2))
+    names = {f.name for f in fields(Summary)}
+    assert set(summary) <= names and summary["epochs_done"] == 4
+    assert "error" not in summary and "pipeline_workers" not in summary
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    with pytest.raises(KeyError, match="no field 'final_acc'"):
+        Summary().update({"final_acc": 0.5})

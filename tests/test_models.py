@@ -204,3 +204,50 @@ def test_the_library_imports_nothing_that_sits_on_top_of_it():
                 if parts[0] == "workbench" and len(parts) > 1 and parts[1] in on_top:
                     wrong.append(f"{path.relative_to(root)}:{node.lineno} imports {name}")
     assert wrong == []
+
+
+def _module_imports(root: Path) -> dict[str, set[str]]:
+    """workbench's modules and the workbench modules each imports when it is imported (top-level
+    statements; TYPE_CHECKING blocks and imports inside functions run later, or never)."""
+    import ast
+
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        edges = set()
+        for target in found:
+            parts = target.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/ and a/b/ too
+                prefix = ".".join(parts[:i])
+                if prefix in modules and prefix != name and not name.startswith(prefix + "."):
+                    edges.add(prefix)
+        graph[name] = edges
+    return graph
+
+
+def test_the_library_has_no_import_circle():
+    """No module reaches itself through what it imports at import time (a circle made the
+    FLOP counting, the cost model and the bench one tangle; the local learner must not
+    depend on the training loop that drives it)."""
+    graph = _module_imports(Path(__file__).resolve().parents[1] / "workbench")
+    circles = []
+    for start in graph:
+        seen, stack = set(), [start]
+        while stack:
+            for nxt in graph[stack.pop()]:
+                if nxt == start:
+                    circles.append(start)
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+    assert sorted(set(circles)) == []
+    assert not any(m.startswith("workbench.training") for m in graph["workbench.local.learner"])

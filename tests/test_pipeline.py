@@ -211,7 +211,7 @@ def test_pipelined_parallel_learns_and_matches_one_process(tmp_path, trainers):
 
     # module 2 trained on every one of module 1's outputs once, in order (lockstep)
     pipelined = next(t for t in trainers if t.config.pipeline)
-    last_epoch = pipelined.last_epoch_steps[1]
+    last_epoch = pipelined.driver.last_epoch_steps[1]
     n = len(last_epoch)
     assert [step for step, _ in last_epoch] == list(range(n, 2 * n))
     assert all(0 <= age <= bound for _, age in last_epoch)
@@ -226,7 +226,7 @@ def test_replay_buffer_run_learns_within_its_staleness_bound(tmp_path, trainers)
     bound = staleness_bound(config)
     assert summary["pipeline_staleness_bound"] == bound == 3 + QUEUE_DEPTH
     assert max(summary["pipeline_staleness_max"]) <= bound
-    steps = next(t for t in trainers if t.config.pipeline).last_epoch_steps
+    steps = next(t for t in trainers if t.config.pipeline).driver.last_epoch_steps
     assert all(age <= bound for module in steps for _, age in module)
     assert len(read_metrics(tmp_path / "run")) == 2 * 2 * 2  # train + test, 2 modules, 2 epochs
 

@@ -62,14 +62,17 @@ class PipelineSections:
         torch = self.torch
         from workbench.models import build_model
         from workbench.records import RunDir
-        from workbench.training.pipeline import PipelinedTrainer
+        from workbench.training import Trainer
+        from workbench.training.pipeline import Pipelined
 
         one = self.trainer(config)
         piped_config = config.replace(pipeline=True)
         model = build_model(piped_config).to(self.device)
-        piped = PipelinedTrainer(
-            piped_config, RunDir(self.tmp, piped_config), model, self.data, self.device
-        )
+        driver = Pipelined()
+        piped = Trainer(
+            piped_config, RunDir(self.tmp, piped_config), model, self.data, self.device,
+            driver=driver,
+        )  # fmt: skip
         phase = one.phases[0]
         caller_threads = torch.get_num_threads()
 
@@ -88,14 +91,14 @@ class PipelineSections:
             start = time.perf_counter()
             torch.set_num_threads(threads)  # the workers split these between them
             try:
-                worker_threads = piped.workers()[0]["threads"]
-                piped.start_pipeline()
+                worker_threads = driver.workers(piped)[0]["threads"]
+                driver.start_pipeline(piped)
             finally:
                 torch.set_num_threads(caller_threads)
             startup = time.perf_counter() - start
             reps = self.side_by_side(variants)
         finally:
-            piped.close_pipeline()
+            driver.close_pipeline()
         speed = {name: self.n / median_total(runs) for name, runs in reps.items()}
         out = {
             "workers": config.n_modules,

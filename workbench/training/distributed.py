@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -48,9 +48,11 @@ from workbench.config import Config, ConfigError
 from workbench.events import Callback
 from workbench.local.learner import training_body
 from workbench.records import RunDir, RunFolderError
+from workbench.training.backends import Alone
 from workbench.training.checkpoints import ResumePoint
-from workbench.training.engine import Trainer
-from workbench.training.methods import Phase
+
+if TYPE_CHECKING:
+    from workbench.training.engine import Trainer
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # torchrun sets them for each process
 # DDP's flag for syncing buffers before each forward: newer torch renamed broadcast_buffers
@@ -229,29 +231,14 @@ def open_run(config: Config, ranks: Ranks | None) -> Iterator[RunDir]:
     yield FollowerRun(Path(shared.out), shared, told["summary"])
 
 
-def make_trainer(
-    trainer_class: type[Trainer],
-    config: Config,
-    run: RunDir,
-    model: nn.Module,
-    data: Any,
-    device: torch.device,
-    callbacks: Sequence[Callback],
-    stop: threading.Event | None,
-    clock: Any,
-) -> Trainer:
-    """The run's trainer: `trainer_class` in a plain run; under torchrun a DistributedTrainer,
-    without watchers on ranks other than 0 (the pipelined trainer is refused there)."""
-    ranks = _SESSION
-    if ranks is None:
-        return trainer_class(config, run, model, data, device, callbacks, stop, clock)
-    if trainer_class is not Trainer:
-        raise ConfigError(
-            f"pipeline: got true under torchrun ({ranks.world_size} processes); allowed: "
-            "pipeline false under torchrun, or a plain `workbench run` for the pipeline"
-        )
-    watchers = callbacks if ranks.rank == 0 else ()
-    return DistributedTrainer(ranks, config, run, model, data, device, watchers, stop, clock)
+def sync_strategy() -> Alone:
+    """What the run's processes share: under torchrun its ranks (DataParallel), else nothing."""
+    return DataParallel(_SESSION) if _SESSION is not None else Alone()
+
+
+def watchers(callbacks: Sequence[Callback]) -> Sequence[Callback]:
+    """The run's callbacks on this process: none on torchrun's ranks other than 0."""
+    return callbacks if _SESSION is None or _SESSION.rank == 0 else ()
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -272,24 +259,35 @@ def weighted_sum_hook(share, bucket):  # type: ignore[no-untyped-def]
     return dist.all_reduce(grads, async_op=True).get_future().then(lambda f: f.value()[0])
 
 
-class DistributedTrainer(Trainer):
-    """The Trainer of one rank: DDP-wrapped trained modules and heads, its slice of each batch,
-    epoch totals summed over the ranks, a shared stop flag, and resume from rank 0's state."""
+class DataParallel(Alone):
+    """torchrun's ranks as a Trainer's sync strategy: DDP-wrapped trained modules and heads,
+    each rank's slice of every batch, epoch totals summed over the ranks, a shared stop flag,
+    and resume from rank 0's state."""
 
-    def __init__(self, ranks: Ranks, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, ranks: Ranks):
         self.ranks = ranks
-        self.check_batches()
+        self.world_size = ranks.world_size
         self.share = SliceShare()
-        wrap: Callable[[Any], Any] = torch.compile if self.config.compile else (lambda f: f)
-        self.trained = [
-            wrap(self.data_parallel(training_body(self.config, m))) for m in self.model.trunk
-        ]
-        self.heads = [wrap(self.data_parallel(h)) for h in self.model.heads]
-        self.stop = RankStop(self.stop, ranks)
-        if hasattr(self.train_batches, "shard"):  # streamed: workers read this rank's slices
-            self.train_batches.shard = (ranks.rank, ranks.world_size)
         self.rank_images: list[int] = []  # each rank's images in the latest training pass
+        self.batch_size, self.n_train = 0, 0
+
+    def attach(self, trainer: Trainer) -> None:
+        if trainer.config.pipeline:
+            raise ConfigError(
+                f"pipeline: got true under torchrun ({self.world_size} processes); allowed: "
+                "pipeline false under torchrun, or a plain `workbench run` for the pipeline"
+            )
+        self.batch_size, self.n_train = trainer.config.batch_size, len(trainer.train_batches.y)
+        self.check_batches(len(trainer.train_batches))
+        self.device = trainer.device
+        wrap: Callable[[Any], Any] = torch.compile if trainer.config.compile else (lambda f: f)
+        trainer.trained = [
+            wrap(self.data_parallel(training_body(trainer.config, m))) for m in trainer.model.trunk
+        ]
+        trainer.heads = [wrap(self.data_parallel(h)) for h in trainer.model.heads]
+        trainer.stop = RankStop(trainer.stop, self.ranks)
+        if hasattr(trainer.train_batches, "shard"):  # streamed: workers read the rank's slices
+            trainer.train_batches.shard = (self.ranks.rank, self.world_size)
 
     def data_parallel(self, module: nn.Module) -> nn.Module:
         if not any(p.requires_grad for p in module.parameters()):
@@ -304,11 +302,11 @@ class DistributedTrainer(Trainer):
         ddp.register_comm_hook(self.share, weighted_sum_hook)
         return ddp
 
-    def check_batches(self) -> None:
+    def check_batches(self, n_batches: int) -> None:
         """Refuse, before training, a batch with fewer images than ranks (a rank would have
         none, and its loss no mean)."""
-        n, size, ranks = len(self.train_batches.y), self.config.batch_size, self.ranks.world_size
-        last = n - (len(self.train_batches) - 1) * size
+        n, size, ranks = self.n_train, self.batch_size, self.world_size
+        last = n - (n_batches - 1) * size
         if min(size, last) < ranks:
             raise ConfigError(
                 f"batch_size: got {size} with {n} training images, so a batch holds only "
@@ -316,61 +314,52 @@ class DistributedTrainer(Trainer):
                 f"n_train) giving every batch at least {ranks} images, one per process"
             )
 
-    def timed_batches(self, batches: Any) -> Iterator[tuple[Tensor, Tensor]]:
+    def slices(self, batches: Any, timed: Iterator[tuple[Tensor, Tensor]]) -> Iterator:
         """This rank's slice of each global batch (streamed batches arrive sliced)."""
-        rank, world, size = self.ranks.rank, self.ranks.world_size, self.config.batch_size
+        rank, world, size = self.ranks.rank, self.world_size, self.batch_size
         arrive_sliced = getattr(batches, "shard", None) == (rank, world)
-        total = len(self.train_batches.y)
-        for i, (x, y) in enumerate(super().timed_batches(batches)):
+        for i, (x, y) in enumerate(timed):
             if arrive_sliced:
-                whole = min(size, total - i * size)
+                whole = min(size, self.n_train - i * size)
             else:
                 whole = len(y)
                 x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
             self.share.value = len(y) / whole
             yield x, y
 
-    def train_pass(self, phase: Phase, epoch: int) -> tuple[list[list[float]], int, float, float]:
-        """The pass on this rank's slices; losses, hits and images summed over the ranks."""
-        totals, seen, seconds, lr = super().train_pass(phase, epoch)
-        per_rank = [0.0] * self.ranks.world_size
+    def combine(self, totals: list[list[float]], seen: int) -> tuple[list[list[float]], int]:
+        """Losses, hits and images summed over the ranks."""
+        per_rank = [0.0] * self.world_size
         per_rank[self.ranks.rank] = seen
         flat = self.ranks.sum([v for pair in totals for v in pair] + per_rank)
         self.rank_images = [int(v) for v in flat[len(flat) - len(per_rank) :]]
         summed = [flat[2 * i : 2 * i + 2] for i in range(len(totals))]
-        return summed, sum(self.rank_images), seconds, lr
+        return summed, sum(self.rank_images)
 
-    def train_epoch(self, phase: Phase, epoch: int) -> list[dict[str, Any]]:
-        """The epoch's rows; training rows also say how many images each rank trained on."""
-        rows = super().train_epoch(phase, epoch)
+    def annotate(self, rows: list[dict[str, Any]]) -> None:
+        """Training rows also say how many images each rank trained on."""
         for row in rows:
             if row["split"] == "train":
                 row["rank_images"] = self.rank_images
-        return rows
 
-    def report_estimate(self, phase: Phase, epoch: int, images_per_s: float) -> None:
-        # this rank's speed on its slices; the ranks together go about world_size times faster
-        super().report_estimate(phase, epoch, images_per_s * self.ranks.world_size)
-
-    # -- resume ------------------------------------------------------------------------------
-    def restore(self) -> tuple[int, int]:
+    def restore(self, trainer: Trainer) -> tuple[int, int]:
         """Rank 0 restores from the run folder and sends the other ranks what it restored: the
         weights, the learners' states and its resume point."""
         state: dict[str, Any] | None = None
         if self.ranks.rank == 0:
-            start = super().restore()
+            start = trainer.restore()
             state = {"start": start}
-            if self.global_epoch:
-                point = self.resume_point(*start, 0, self.elapsed_before)
-                state.update(point=point.stored(), **self.training_state())
+            if trainer.global_epoch:
+                point = trainer.resume_point(*start, 0, trainer.elapsed_before)
+                state.update(point=point.stored(), **trainer.training_state())
             state = _on_cpu(state)
         state = self.ranks.broadcast(state)
         assert state is not None
         if self.ranks.rank != 0 and "point" in state:
-            self.load_training_state(state)  # copied into the parameters DDP holds
+            trainer.load_training_state(state)  # copied into the parameters DDP holds
             point = ResumePoint.of(state["point"])
             assert point is not None
-            self.take_resume_point(point)
+            trainer.take_resume_point(point)
         return tuple(state["start"])  # type: ignore[return-value]
 
 

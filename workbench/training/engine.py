@@ -34,6 +34,8 @@ from workbench.local.objectives import objective_class
 from workbench.memory import free_memory_bytes, peak_memory_bytes
 from workbench.models import LayerwiseNet
 from workbench.records import RunDir, RunFailed
+from workbench.summary import Summary
+from workbench.training.backends import Alone, InProcess, PassTotals
 from workbench.training.checkpoints import CheckpointMixin
 from workbench.training.device import (
     evaluation_memory_format,
@@ -82,7 +84,9 @@ class FeatureBatches:
 
 
 class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
-    """Holds one run's model, data, optimizers and records; the methods differ only in `plan`."""
+    """Holds one run's model, data, learners and records; the methods differ only in `plan`,
+    the execution backends only in the strategies it is given (backends.py): `driver` runs the
+    training passes, `sync` is what the run's processes share."""
 
     def __init__(
         self,
@@ -94,8 +98,11 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         callbacks: Sequence[Callback] = (),
         stop: threading.Event | None = None,
         clock: Clock | None = None,
+        driver: InProcess | None = None,
+        sync: Alone | None = None,
     ):
         self.config, self.run, self.model, self.data, self.device = config, run, model, data, device
+        self.driver, self.sync = driver or InProcess(), sync or Alone()
         self.callbacks = list(callbacks)
         self.stop = stop or threading.Event()
         self.clock = clock or Clock()
@@ -151,6 +158,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         # each module's test logits from its latest evaluation (host), for the final summary
         self.test_logits: dict[int, Tensor] = {}
         self.test_labels: Tensor | None = None
+        self.sync.attach(self)
 
     def sample_image(self) -> Tensor:
         """An input of the trunk's shape on the device (it sizes the test batches)."""
@@ -292,8 +300,15 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             self.finite[i, self.step_index].logical_and_(torch.isfinite(loss.detach()))
 
     # -- one epoch ---------------------------------------------------------------------------
-    def train_pass(self, phase: Phase, epoch: int) -> tuple[list[list[float]], int, float, float]:
-        """One epoch of training steps: ([loss sum, correct] per module, images, seconds, lr)."""
+    def train_pass(self, phase: Phase, epoch: int) -> PassTotals:
+        """One epoch of training, by the run's driver, totalled over the run's processes:
+        ([loss sum, correct] per module, images, seconds, lr)."""
+        totals, seen, seconds, lr = self.driver.train_pass(self, phase, epoch)
+        totals, seen = self.sync.combine(totals, seen)
+        return totals, seen, seconds, lr
+
+    def local_pass(self, phase: Phase, epoch: int) -> PassTotals:
+        """One epoch of training steps in this process."""
         self.model.eval()  # frozen modules keep their BN statistics
         learners = self.learners_of(phase)
         for learner in learners:
@@ -312,7 +327,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             for learner in learners:
                 learner.restart_momentum()
         start = time.perf_counter()
-        for i, (x, y) in enumerate(self.timed_batches(batches)):
+        for i, (x, y) in enumerate(self.sync.slices(batches, self.timed_batches(batches))):
             if self.stop.is_set():
                 raise StopRequested
             lr = self.lr = learning_rate(
@@ -435,6 +450,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             )
             if self.reports(phase, k):
                 self.track_best(k, result.per_module_acc[i], result.per_module_top5[i])
+        self.sync.annotate(rows)
         return rows
 
     # -- the whole run -----------------------------------------------------------------------
@@ -444,66 +460,71 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             return self.elapsed_before
         return self.elapsed_before + time.perf_counter() - self.session_start
 
-    def fit(self, summary: dict[str, Any]) -> None:
+    def fit(self, summary: Summary) -> None:
         """Run every phase from the resume point; updates `summary` as modules finish."""
-        start_phase, start_epoch = self.restore()
-        summary["resumed_from"] = (
-            {"phase": start_phase, "epochs_done": start_epoch} if self.global_epoch else None
-        )
-        if self.recovered:
-            summary["recovered"] = self.recovered
-        last_lap = self.phases[-1].lap
-        finished = [
-            k + 1 for p in self.phases[:start_phase] if p.lap == last_lap for k in p.modules
-        ]
-        summary["modules_finished"] = max(finished, default=0)
-        self.session_start = time.perf_counter()
-        self.emit(
-            RUN_START,
-            {
-                "config": self.config.to_dict(),
-                "device": str(self.device),
-                "run_dir": str(self.run.path),
-                "n_modules": len(self.model),
-                "method": self.config.method,
-                "total_epochs": sum(p.epochs for p in self.phases),
-                "epochs_done": self.global_epoch,
-            },
-        )
-        for index, phase in enumerate(self.phases):
-            if index < start_phase:
-                continue
-            self.begin_phase(phase)
-            for epoch in range(start_epoch if index == start_phase else 0, phase.epochs):
-                try:
-                    rows = self.train_epoch(phase, epoch)
-                except Diverged as e:
-                    self.run.append_metrics(e.rows)
-                    raise
-                with self.clock.part("checkpoints"):
-                    self.record_epoch(summary, index, phase, epoch, rows)
-                self.emit(
-                    EPOCH_END,
-                    {
-                        "modules": [k + 1 for k in phase.modules],
-                        "lap": phase.lap + 1,
-                        "epoch": phase.first_epoch + epoch + 1,
-                        "global_epoch": self.global_epoch,
-                        "rows": rows,
-                        "test_acc": dict(self.test_acc),
-                        "images_per_s": rows[0]["images_per_s"],
-                        "device": str(self.device),
-                    },
-                )
-            for k in phase.modules:
-                self.emit(
-                    MODULE_DONE,
-                    {"module": k + 1, "lap": phase.lap + 1, "test_acc": self.test_acc.get(k + 1)},
-                )
-            self.end_phase(phase)
+        with self.driver.session(self, summary):  # the pipeline's workers, say
+            start_phase, start_epoch = self.sync.restore(self)
+            summary.resumed_from = (
+                {"phase": start_phase, "epochs_done": start_epoch} if self.global_epoch else None
+            )
+            if self.recovered:
+                summary.recovered = self.recovered
+            last_lap = self.phases[-1].lap
+            finished = [
+                k + 1 for p in self.phases[:start_phase] if p.lap == last_lap for k in p.modules
+            ]
+            summary.modules_finished = max(finished, default=0)
+            self.session_start = time.perf_counter()
+            self.emit(
+                RUN_START,
+                {
+                    "config": self.config.to_dict(),
+                    "device": str(self.device),
+                    "run_dir": str(self.run.path),
+                    "n_modules": len(self.model),
+                    "method": self.config.method,
+                    "total_epochs": sum(p.epochs for p in self.phases),
+                    "epochs_done": self.global_epoch,
+                },
+            )
+            for index, phase in enumerate(self.phases):
+                if index < start_phase:
+                    continue
+                self.begin_phase(phase)
+                for epoch in range(start_epoch if index == start_phase else 0, phase.epochs):
+                    try:
+                        rows = self.train_epoch(phase, epoch)
+                    except Diverged as e:
+                        self.run.append_metrics(e.rows)
+                        raise
+                    with self.clock.part("checkpoints"):
+                        self.record_epoch(summary, index, phase, epoch, rows)
+                    self.emit(
+                        EPOCH_END,
+                        {
+                            "modules": [k + 1 for k in phase.modules],
+                            "lap": phase.lap + 1,
+                            "epoch": phase.first_epoch + epoch + 1,
+                            "global_epoch": self.global_epoch,
+                            "rows": rows,
+                            "test_acc": dict(self.test_acc),
+                            "images_per_s": rows[0]["images_per_s"],
+                            "device": str(self.device),
+                        },
+                    )
+                for k in phase.modules:
+                    self.emit(
+                        MODULE_DONE,
+                        {
+                            "module": k + 1,
+                            "lap": phase.lap + 1,
+                            "test_acc": self.test_acc.get(k + 1),
+                        },
+                    )
+                self.end_phase(phase)
 
     def record_epoch(
-        self, summary: dict[str, Any], index: int, phase: Phase, epoch: int, rows: list
+        self, summary: Summary, index: int, phase: Phase, epoch: int, rows: list
     ) -> None:
         """The epoch's metrics rows, checkpoints and summary, written atomically."""
         self.run.append_metrics(rows)
@@ -514,10 +535,10 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             resume = self.resume_point(index, phase.epochs, n_rows, elapsed)
             for k in phase.modules:
                 self.save_module(k, resume)
-            summary["modules_finished"] = max(k + 1 for k in phase.modules)
+            summary.modules_finished = max(k + 1 for k in phase.modules)
         self.save(index, epoch + 1, n_rows, elapsed)
         summary.update(self.progress_summary(elapsed))
-        self.run.write_summary(summary)
+        self.run.write_summary(summary.to_dict())
 
     def close(self) -> None:
         """Let go of what the run's batches hold open (a streamed dataset's loader workers)."""
@@ -527,8 +548,9 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
                 close()
 
     def peak_memory(self) -> int:
-        """The run's peak memory so far on its device (bytes)."""
-        return peak_memory_bytes(self.device)
+        """The run's peak memory so far on its device (bytes): this process's, and what the
+        driver's other processes add."""
+        return self.driver.peak_memory(self, peak_memory_bytes(self.device))
 
     def progress_summary(self, elapsed: float) -> dict[str, Any]:
         trained = sorted(self.test_acc)
@@ -540,5 +562,6 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             "final_test_top5": self.test_top5.get(last),
             "wall_time_s": elapsed,
             "peak_memory_bytes": self.peak_memory(),
+            "epochs_done": self.global_epoch,
         }
         return {**out, **self.protocol_numbers(out["final_test_acc"], out["final_test_top5"])}

@@ -31,14 +31,15 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from workbench.config import Config
 from workbench.events import StopRequested
 from workbench.records import RunFailed
-from workbench.training.engine import Trainer
+from workbench.summary import Summary
+from workbench.training.backends import InProcess, PassTotals
 from workbench.training.methods import Phase, learning_rate
 from workbench.training.pipeline_worker import (
     POLL_S,
@@ -48,6 +49,9 @@ from workbench.training.pipeline_worker import (
     staleness_bound,
     worker_main,
 )
+
+if TYPE_CHECKING:
+    from workbench.training.engine import Trainer
 
 JOIN_S = 10.0  # how long stopped workers get to exit before they are terminated
 START_S = 300.0  # how long a worker may take to start (import torch, build its module)
@@ -241,28 +245,30 @@ class Pipeline:
         self.processes = []
 
 
-class PipelinedTrainer(Trainer):
-    """The Trainer of a pipelined `parallel` run: the workers train, this process records."""
+class Pipelined(InProcess):
+    """A Trainer's driver for a pipelined `parallel` run: the workers train, the Trainer's
+    process feeds them, then evaluates, records and checkpoints as for any run."""
 
-    pipeline: Pipeline | None = None
-    summary: dict[str, Any] | None = None  # the run's summary, while fit runs
-    staleness_max: list[int] | None = None  # per module, the oldest batch trained on so far
-    # per module, the last epoch's (producer step, age) of each batch it trained on
-    last_epoch_steps: list[list[tuple[int, int]]] | None = None
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+        self.summary: Summary | None = None  # the run's summary, while fit runs
+        self.staleness_max: list[int] | None = None  # per module, the oldest batch trained on
+        # per module, the last epoch's (producer step, age) of each batch it trained on
+        self.last_epoch_steps: list[list[tuple[int, int]]] | None = None
+        self.worker_peaks: list[int] | None = None  # each worker's peak, from its last report
 
-    worker_peaks: list[int] | None = None  # each worker's peak memory, from its last report
-
-    def fit(self, summary: dict[str, Any]) -> None:
-        """As Trainer.fit; the workers start at the first epoch and are stopped at the end,
-        on an error, on the stop flag and on Ctrl-C alike."""
-        summary["pipeline_workers"] = self.workers()
-        sharing = shared_gpus([w["device"] for w in summary["pipeline_workers"]])
+    @contextlib.contextmanager
+    def session(self, trainer: Trainer, summary: Summary) -> Iterator[None]:
+        """The workers start at the first epoch and are stopped at the end, on an error, on
+        the stop flag and on Ctrl-C alike."""
+        summary.pipeline_workers = self.workers(trainer)
+        sharing = shared_gpus([w["device"] for w in summary.pipeline_workers])
         if sharing:
             warnings.warn(sharing, RuntimeWarning, stacklevel=2)
-        summary["pipeline_staleness_bound"] = staleness_bound(self.config)
+        summary.pipeline_staleness_bound = staleness_bound(trainer.config)
         self.summary = summary
         try:
-            super().fit(summary)
+            yield
         finally:
             self.close_pipeline()
 
@@ -271,50 +277,52 @@ class PipelinedTrainer(Trainer):
             self.pipeline.close()
             self.pipeline = None
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self, trainer: Trainer) -> list[dict[str, Any]]:
         """Each module's worker: its device and CPU threads."""
-        n = len(self.model)
-        devices, threads = worker_devices(self.device, n), worker_threads(n)
+        n = len(trainer.model)
+        devices, threads = worker_devices(trainer.device, n), worker_threads(n)
         return [{"module": k + 1, "device": d, "threads": threads} for k, d in enumerate(devices)]
 
-    def start_pipeline(self) -> Pipeline:
+    def start_pipeline(self, trainer: Trainer) -> Pipeline:
         """Start the workers and hand them the model's (and optimizers') current state."""
-        n = len(self.model)
-        workers = self.workers()
+        workers = self.workers(trainer)
         devices = [w["device"] for w in workers]
-        normalization = (tuple(self.data.mean), tuple(self.data.std))
+        data = trainer.data
+        normalization = (tuple(data.mean), tuple(data.std))
         threads = workers[0]["threads"]
-        pipeline = Pipeline(self.config, self.data.num_classes, devices, threads, normalization)
+        pipeline = Pipeline(trainer.config, data.num_classes, devices, threads, normalization)
         self.pipeline = pipeline
-        pipeline.start(self.stop)
-        states = []
-        for k in range(n):  # with a resumed run's momentum
-            states.append(host_copy(self.learner(str(k)).state()))
-        pipeline.send_states(states)
+        pipeline.start(trainer.stop)
+        # with a resumed run's momentum
+        pipeline.send_states(
+            [host_copy(trainer.learner(str(k)).state()) for k in range(len(devices))]
+        )
         return pipeline
 
-    def train_pass(self, phase: Phase, epoch: int) -> tuple[list[list[float]], int, float, float]:
+    def train_pass(self, trainer: Trainer, phase: Phase, epoch: int) -> PassTotals:
         """One epoch in the workers: ([loss sum, correct] per module, images, seconds, lr)."""
-        pipeline = self.pipeline or self.start_pipeline()
-        n_batches = len(self.train_batches)
+        pipeline = self.pipeline or self.start_pipeline(trainer)
+        batches = trainer.train_batches
+        n_batches = len(batches)
         start = time.perf_counter()
-        uint8 = self.train_batches.iterate(normalized=False)
+        uint8 = batches.iterate(normalized=False)
         reports, seen = pipeline.epoch(
-            self.timed_batches(uint8), phase, epoch, n_batches, self.stop
+            trainer.timed_batches(uint8), phase, epoch, n_batches, trainer.stop
         )
         seconds = time.perf_counter() - start
         for k, report in zip(phase.modules, reports):
-            self.learner(str(k)).load(report["state"])
-        self.finite = torch.stack([r["finite"] for r in reports]).to(self.device)
+            trainer.learner(str(k)).load(report["state"])
+        trainer.finite = torch.stack([r["finite"] for r in reports]).to(trainer.device)
         skipped = [r["skipped_steps"] for r in reports]
-        self.skipped = None if None in skipped else torch.tensor(skipped)
+        trainer.skipped = None if None in skipped else torch.tensor(skipped)
         self.worker_peaks = [r["peak_memory_bytes"] for r in reports]
         self.note_staleness(reports)
         self.last_epoch_steps = [list(zip(r["producer_steps"], r["ages"])) for r in reports]
-        if not self.estimated:
-            self.report_estimate(phase, epoch, seen / seconds)
+        if not trainer.estimated:
+            trainer.report_estimate(phase, epoch, seen / seconds)
+        config = trainer.config
         lr = learning_rate(
-            self.config, phase.first_epoch + epoch + (n_batches - 1) / n_batches, phase.total_epochs
+            config, phase.first_epoch + epoch + (n_batches - 1) / n_batches, phase.total_epochs
         )
         # with a replay buffer a module may train on more or fewer images than were fed: its
         # sums are scaled to the images fed, so the rows' means are its own
@@ -323,15 +331,15 @@ class PipelinedTrainer(Trainer):
         ]
         return totals, seen, seconds, lr
 
-    def peak_memory(self) -> int:
+    def peak_memory(self, trainer: Trainer, own: int) -> int:
         """The run's peak: per device, this process's and its workers' peaks added up (on the
         CPU they share the RAM; a GPU holds what every process on it allocated), the largest
         device's. summary.json lists each worker's as pipeline_peak_memory_bytes."""
-        on: dict[str, int] = {str(self.device): super().peak_memory()}
-        for worker, peak in zip(self.workers(), self.worker_peaks or []):
+        on: dict[str, int] = {str(trainer.device): own}
+        for worker, peak in zip(self.workers(trainer), self.worker_peaks or []):
             on[worker["device"]] = on.get(worker["device"], 0) + peak
         if self.summary is not None and self.worker_peaks is not None:
-            self.summary["pipeline_peak_memory_bytes"] = self.worker_peaks
+            self.summary.pipeline_peak_memory_bytes = self.worker_peaks
         return max(on.values())
 
     def note_staleness(self, reports: list[dict[str, Any]]) -> None:
@@ -339,7 +347,7 @@ class PipelinedTrainer(Trainer):
         previous = self.staleness_max or [0] * len(reports)
         self.staleness_max = [max(old, *r["ages"]) for old, r in zip(previous, reports)]
         if self.summary is not None:
-            self.summary["pipeline_staleness_max"] = self.staleness_max
+            self.summary.pipeline_staleness_max = self.staleness_max
 
 
 @contextlib.contextmanager

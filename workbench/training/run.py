@@ -17,6 +17,8 @@ from workbench.local.objectives import objective_class
 from workbench.memory import reset_peak_memory
 from workbench.models import build_model
 from workbench.records import RunDir, Status, WriteError
+from workbench.summary import Summary
+from workbench.training.backends import InProcess
 from workbench.training.device import (
     applied,
     backend_settings,
@@ -25,9 +27,9 @@ from workbench.training.device import (
     resolve_device,
     tf32_in_effect,
 )
-from workbench.training.distributed import join, make_trainer, open_run, world_size
+from workbench.training.distributed import join, open_run, sync_strategy, watchers, world_size
 from workbench.training.engine import Trainer
-from workbench.training.pipeline import PipelinedTrainer
+from workbench.training.pipeline import Pipelined
 from workbench.training.timing import Clock
 
 
@@ -74,61 +76,57 @@ def _train(
     """The body of run_experiment, inside the run folder's lock."""
     config = run.config
     model = build_model(config, data.num_classes).to(device)
-    # pipeline: the same Trainer, whose modules train in worker processes (pipeline.py)
-    trainer_class = PipelinedTrainer if config.pipeline else Trainer
-    trainer = make_trainer(trainer_class, config, run, model, data, device, callbacks, stop, clock)
-    summary: dict[str, Any] = {
-        "status": Status.RUNNING,
-        "run_dir": str(run.path),
-        "method": config.method,
-        "objective": config.objective,
-        "arch": config.arch,
-        "n_modules": config.n_modules,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": trainer.precision.name,  # what ran, which precision=auto may choose
-        "precision_reason": trainer.precision.reason,
-        "tf32": tf32_in_effect(config.tf32, device_capability(device)),
-        "data": data.provenance,
-        "eval_protocol": config.eval_protocol,
-        "world_size": world_size(),  # torchrun processes training the run
-        "pipeline": config.pipeline,
-        "replay_buffer": config.replay_buffer,
-        "test_split": data.provenance.get("test_split"),
-        "per_module_test_acc": [],
-        "per_module_test_top5": [],
-        "final_test_acc": None,
-        "final_test_top5": None,
-        "ensemble_test_acc": None,
-        "modules_finished": 0,
-        "trunk_params": [sum(p.numel() for p in m.parameters()) for m in model.trunk],
-        "head_params": [sum(p.numel() for p in h.parameters()) for h in model.heads],
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    # pipeline: the same Trainer, whose modules train in worker processes (pipeline.py);
+    # under torchrun, its ranks share the run (distributed.py)
+    driver = Pipelined() if config.pipeline else InProcess()
+    trainer = Trainer(
+        config, run, model, data, device, watchers(callbacks), stop, clock, driver, sync_strategy()
+    )
+    summary = Summary(
+        run_dir=str(run.path),
+        method=config.method,
+        objective=config.objective,
+        arch=config.arch,
+        n_modules=config.n_modules,
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        precision=trainer.precision.name,
+        precision_reason=trainer.precision.reason,
+        tf32=tf32_in_effect(config.tf32, device_capability(device)),
+        data=data.provenance,
+        eval_protocol=config.eval_protocol,
+        world_size=world_size(),
+        pipeline=config.pipeline,
+        replay_buffer=config.replay_buffer,
+        test_split=data.provenance.get("test_split"),
+        trunk_params=[sum(p.numel() for p in m.parameters()) for m in model.trunk],
+        head_params=[sum(p.numel() for p in h.parameters()) for h in model.heads],
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     try:
-        run.write_summary(summary)
+        run.write_summary(summary.to_dict())
         trainer.fit(summary)
         summary.update(trainer.final_summary())
-        summary["status"] = Status.FINISHED
+        summary.status = Status.FINISHED
     except (StopRequested, KeyboardInterrupt):
-        summary["status"] = Status.STOPPED
+        summary.status = Status.STOPPED
     except Exception as e:
-        summary["status"] = Status.FAILED
-        summary["error"] = f"{type(e).__name__}: {e}"
-        summary["traceback"] = traceback.format_exc()
+        summary.status = Status.FAILED
+        summary.error = f"{type(e).__name__}: {e}"
+        summary.traceback = traceback.format_exc()
         raise
     finally:
-        summary["wall_time_s"] = trainer.elapsed()
-        summary["peak_memory_bytes"] = trainer.peak_memory()
-        summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        summary["eval_batch_size"] = trainer.eval_batch_size
-        summary["time_split_s"] = clock.split()  # this session's, up to the summary's writing
+        summary.wall_time_s = trainer.elapsed()
+        summary.peak_memory_bytes = trainer.peak_memory()
+        summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S")
+        summary.eval_batch_size = trainer.eval_batch_size
+        summary.time_split_s = clock.split()  # this session's, up to the summary's writing
         try:
-            run.write_summary(summary)
+            run.write_summary(summary.to_dict())
         except WriteError:
-            if summary["status"] != Status.FAILED:  # else the error being raised says it already
+            if summary.status != Status.FAILED:  # else the error being raised says it already
                 raise
         finally:
             trainer.close()
-            trainer.emit(RUN_END, {"summary": summary})
-    return summary
+            trainer.emit(RUN_END, {"summary": summary.to_dict()})
+    return summary.to_dict()
