@@ -208,3 +208,79 @@ def test_summary_json_is_the_typed_summary_and_holds_only_known_keys(tmp_path):
     assert written == json.loads(json.dumps(summary))
     with pytest.raises(KeyError, match="no field 'final_acc'"):
         Summary().update({"final_acc": 0.5})
+
+
+def test_a_learners_flops_are_its_modules_and_heads_in_the_models_count():
+    from workbench.models import forward_flops
+
+    config = Config(n_modules=3, width=8)
+    learner = _learner(config, [1])
+    model = build_model(config)  # the same seed: the same net
+    x = torch.zeros(1, 1, 32, 32)
+    trunk, heads = forward_flops(model, x)
+    with torch.no_grad():
+        into_second = model.trunk[0].eval()(x)
+    assert learner.flops(into_second) == ([trunk[1]], [heads[1]])
+    assert trunk[1] > 0 and heads[1] > 0
+
+
+IMAGE_OBJECTIVE = '''"""Cross-entropy that also reads the images (a test's)."""
+
+import torch.nn.functional as F
+
+from workbench.local import objective
+
+
+class Objective(objective.Objective):
+    needs = frozenset({"output", "labels", "image"})
+
+    def loss(self, head, batch):
+        image, y = batch.image, batch.labels
+        assert image is not None and image.dim() == 4 and image.shape[0] == y.shape[0]
+        assert image.is_floating_point() and image.shape[1] == 1  # normalized digits
+        logits = head(batch.output)
+        ce = F.cross_entropy(logits, y)
+        return objective.LocalLoss(ce + 0.0 * image.mean(), ce, logits)
+'''
+
+
+@pytest.fixture
+def image_objective():
+    folder = Path(objective_class("cross-entropy").__module__.replace(".", "/")).parent
+    target = Path(__file__).parents[1] / folder / "image_check.py"
+    assert not target.exists()
+    target.write_text(IMAGE_OBJECTIVE)
+    yield "image-check"
+    target.unlink()
+
+
+def test_an_objective_that_reads_the_images_gets_them_on_every_path(tmp_path, image_objective):
+    """Sequential, multilap, and the pipeline's queues (module 2 in its own process) hand the
+    objective the batch's images; the feature cache, which has none, is refused in one line."""
+    import subprocess
+    import sys
+
+    common = ["--objective", image_objective, "--n-train", "128", "--n-test", "64", "--width", "8"]
+    common += ["--n-modules", "2", "--epochs", "2", "--quiet"]
+    for name, flags in {
+        "sequential": ["--method", "sequential"],
+        "multilap": ["--method", "multilap"],
+        "pipeline": ["--method", "parallel", "--pipeline", "true"],
+    }.items():
+        out = tmp_path / name
+        done = subprocess.run(
+            [sys.executable, "-m", "workbench", "run", *common, *flags, "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, (name, done.stderr[-2000:])
+        assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+    refused = subprocess.run(
+        [sys.executable, "-m", "workbench", "run", *common, "--cache-features", "true",
+         "--augment", "none", "--out", str(tmp_path / "cached")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "cache_features: got true with objective" in (
+        refused.stderr
+    )
+    assert not (tmp_path / "cached" / "metrics.jsonl").exists()

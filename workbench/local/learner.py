@@ -24,6 +24,7 @@ from workbench.local import kinetic
 from workbench.local.objective import LocalBatch, LocalInputs, Objective
 from workbench.local.objectives import objective_class
 from workbench.local.optim import make_scaler, make_sgd, update
+from workbench.models.flops import layer_flops
 
 if TYPE_CHECKING:  # the precision is chosen in training/, which drives learners
     from workbench.training.device import Precision
@@ -118,6 +119,11 @@ class LocalLearner:
     def norm_layers(self) -> list[_BatchNorm]:
         """The BatchNorm layers precise BN re-estimates after this learner trains."""
         return [m for part in self.parts() for m in part.modules() if isinstance(m, _BatchNorm)]
+
+    def flops(self, x: Tensor) -> tuple[list[int], list[int]]:
+        """Forward FLOPs per image of each of its modules and heads, fed inputs shaped as x
+        (the model's fact, counted by models/flops.py)."""
+        return layer_flops(self.trunk, self.heads, x)
 
     def train(self) -> None:
         for part in self.parts():

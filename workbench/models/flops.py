@@ -11,6 +11,13 @@ from torch import nn
 
 def forward_flops(model: Any, x: Any) -> tuple[list[int], list[int]]:
     """Forward FLOPs (2 x multiply-adds of Conv2d and Linear) per image: modules, then heads."""
+    return layer_flops(list(model.trunk), list(model.heads), x)
+
+
+def layer_flops(
+    trunk: list[nn.Module], heads: list[nn.Module], x: Any
+) -> tuple[list[int], list[int]]:
+    """Forward FLOPs per image of consecutive trunk modules fed x, and of each one's head."""
     counts: dict[nn.Module, int] = {}
 
     def hook(m: nn.Module, inputs: Any, out: Any) -> None:
@@ -21,17 +28,24 @@ def forward_flops(model: Any, x: Any) -> tuple[list[int], list[int]]:
             macs = per_image * m.in_features
         counts[m] = counts.get(m, 0) + 2 * macs
 
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    parts = [*trunk, *heads]
+    layers = [m for part in parts for m in part.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     handles = [m.register_forward_hook(hook) for m in layers]
-    model.eval()
+    modes = [part.training for part in parts]
+    for part in parts:
+        part.eval()
     try:
         with torch.no_grad():
-            model.per_module_logits(x)
+            for module, head in zip(trunk, heads):
+                x = module(x)
+                head(x)
     finally:
         for h in handles:
             h.remove()
+        for part, mode in zip(parts, modes):
+            part.train(mode)
 
     def total(part: nn.Module) -> int:
         return sum(counts.get(m, 0) for m in part.modules())
 
-    return [total(m) for m in model.trunk], [total(h) for h in model.heads]
+    return [total(m) for m in trunk], [total(h) for h in heads]
