@@ -237,7 +237,8 @@ class Objective(objective.Objective):
     def loss(self, head, batch):
         image, y = batch.image, batch.labels
         assert image is not None and image.dim() == 4 and image.shape[0] == y.shape[0]
-        assert image.is_floating_point() and image.shape[1] == 1  # normalized digits
+        assert image.is_floating_point() and image.shape[1] == 1  # digits, before normalization
+        assert -1e-5 <= float(image.min()) and float(image.max()) <= 1 + 1e-5
         logits = head(batch.output)
         ce = F.cross_entropy(logits, y)
         return objective.LocalLoss(ce + 0.0 * image.mean(), ce, logits)

@@ -143,6 +143,8 @@ class Config:
         help="resnets: A (subsample + zero channels, He et al.), B (1x1 conv + BN)")
     n_modules: int = setting(4, "Model", label="modules", label_rank=7,
         help="locally supervised modules (greedy-cnn: one conv layer each by default)")
+    module_ends: str = setting("auto", "Model", label="module ends", added=True,
+        help="auto: equal shares; or the units where modules 1..K-1 end, like 7 or 2,5 (0: stem)")
     aux_depth: int = setting(2, "Model", label="aux depth (k)", label_rank=1,
         help="k as in Belilovsky: the head's weight layers, 1..4 (0 = global pool)")
     aux_type: str = setting("cnn", "Model", label="aux head", choices=AUX_TYPES, label_rank=8,
@@ -172,6 +174,14 @@ class Config:
         help="pipeline: DGL's async buffer of M batches per module; 0 = in lockstep")
     objective: str = setting("cross-entropy", "Training", choices=OBJECTIVES, label_rank=3,
         added=True, help="each module's local loss: one of OBJECTIVES")
+    ixx_1: float = setting(5.0, "Training", added=True,
+        help="InfoPro: lambda1 (reconstruction) at the first module, to ixx_2 at the (K-1)th")
+    ixy_1: float = setting(1.0, "Training", added=True,
+        help="InfoPro: lambda2 (label term) at the first module, to ixy_2 at the (K-1)th")
+    ixx_2: float = setting(5.0, "Training", added=True,
+        help="InfoPro: lambda1 (reconstruction) at the (K-1)th module")
+    ixy_2: float = setting(1.0, "Training", added=True,
+        help="InfoPro: lambda2 (label term) at the (K-1)th module")
     regularization: str = setting("none", "Training", choices=REGULARIZATIONS, label_rank=4,
         help="kinetic: TRGL's transport (kinetic-energy) term")
     tau: float = setting(1.0, "Training", label="tau (kinetic)", label_rank=5,

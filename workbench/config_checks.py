@@ -130,9 +130,11 @@ def _validate_model(c: Config) -> None:
             "count for greedy-cnn and resnet"
         )
     total = archs.unit_count(c)
-    if c.n_modules > total:
+    # with module_ends a ResNet's stem may be a module of its own (InfoPro's K = 16)
+    most = total + (arch.kind == "resnet" and c.module_ends != "auto")
+    if c.n_modules > most:
         raise ConfigError(
-            f"n_modules: got {c.n_modules}; allowed: 1 to {total} for {c.arch} "
+            f"n_modules: got {c.n_modules}; allowed: 1 to {most} for {c.arch} "
             f"(it has {total} {'blocks' if arch.kind == 'resnet' else 'layers'} to share out)"
         )
     if arch.kind == "resnet" and c.conv_bias != "auto":
@@ -156,11 +158,32 @@ def _validate_model(c: Config) -> None:
         if not low <= depth <= MAX_AUX_DEPTH:
             what = "-1 (as aux_depth) or 0" if low < 0 else "0"
             raise ConfigError(f"{name}: got {depth}; allowed: {what} to {MAX_AUX_DEPTH}")
+    _validate_module_ends(c, total)
     _at_least("aux_width", c.aux_width, 0, "0 (the module's width) or a positive width")
     _validate_aux_pool(c)
     problem = kinetic.check(c)
     if problem:
         raise ConfigError(problem)
+
+
+def _validate_module_ends(c: Config, total: int) -> None:
+    """module_ends: auto, or K-1 increasing unit counts inside the trunk (InfoPro's splits)."""
+    if c.module_ends == "auto":
+        return
+    parts = [p.strip() for p in c.module_ends.split(",")]
+    low = 0 if archs.architecture(c).kind == "resnet" else 1  # 0: the stem alone
+    ends = [int(p) for p in parts if p.isdigit()]
+    if (
+        len(ends) != len(parts)
+        or len(ends) != c.n_modules - 1
+        or any(b <= a for a, b in zip(ends, ends[1:]))
+        or (ends and (ends[0] < low or ends[-1] > total - 1))
+    ):
+        raise ConfigError(
+            f"module_ends: got {c.module_ends!r}; allowed: auto, or {c.n_modules - 1} increasing "
+            f"unit counts from {low} to {total - 1} (where modules 1..{c.n_modules - 1} of "
+            f"{c.arch}'s {total} units end), separated by commas"
+        )
 
 
 def _validate_aux_pool(c: Config) -> None:
@@ -214,6 +237,10 @@ def _validate_training(c: Config) -> None:
             f"extra_epochs_per_module: got {c.extra_epochs_per_module} with method "
             f"{c.method!r}; allowed: 0, or any count with sequential or multilap"
         )
+    for name in ("ixx_1", "ixy_1", "ixx_2", "ixy_2"):
+        value = getattr(c, name)
+        if not value >= 0 or math.isinf(value):
+            raise ConfigError(f"{name}: got {value!r}; allowed: a finite number >= 0")
     if not c.tau > 0 or math.isinf(c.tau):
         raise ConfigError(f"tau: got {c.tau!r}; allowed: a finite number > 0")
     _at_least("epochs", c.epochs, 1, "a positive number of epochs")

@@ -27,7 +27,7 @@ class LocalInputs:
 
     x: Tensor  # the module's input
     y: Tensor  # labels
-    image: Tensor | None = None
+    image: Tensor | None = None  # the images module 1 saw, before normalization: pixel / 255
 
 
 @dataclass
@@ -59,6 +59,7 @@ class Objective:
 
     def __init__(self, config: Config, k: int):
         self.config, self.k = config, k
+        self.last = k == config.n_modules - 1  # the net's own output module
 
     @classmethod
     def problem(cls, config: Config) -> str | None:
@@ -76,8 +77,7 @@ class Objective:
         if problem:
             raise ConfigError(problem)
 
-    @staticmethod
-    def build_head(spec: HeadSpec) -> nn.Module:
+    def build_head(self, spec: HeadSpec) -> nn.Module:
         """Module k's head; its forward gives the logits evaluation, the ensemble and the
         probes read. The auxiliary classifier of the config's family and depth by default."""
         from workbench.models.heads import build_head

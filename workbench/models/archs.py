@@ -201,12 +201,26 @@ def module_map_sizes(config: Config) -> list[int]:
     return [plan[group[-1]].size for group in module_groups(config, len(plan))]
 
 
+def module_ends(config: Config) -> list[int] | None:
+    """Where modules 1..K-1 end, in units (blocks or conv layers) from the start, as
+    `module_ends` gives them (0: right after a ResNet's stem); None for equal shares."""
+    if config.module_ends == "auto":
+        return None
+    return [int(p) for p in config.module_ends.split(",")]
+
+
 def module_groups(config: Config, n_plan_units: int) -> list[list[int]]:
     """Indices (into unit_plan) of each module's units: consecutive, as even as possible,
-    extras first. A ResNet's stem (index 0) always travels with the first module."""
+    extras first, or ending where `module_ends` says (InfoPro's split points are not equal
+    shares). A ResNet's stem (index 0) always travels with the first module."""
     has_stem = architecture(config).kind == "resnet"
     body = list(range(1 if has_stem else 0, n_plan_units))
-    sizes = stage_sizes(len(body), config.n_modules)
+    ends = module_ends(config)
+    if ends is None:
+        sizes = stage_sizes(len(body), config.n_modules)
+    else:
+        bounds = [0, *ends, len(body)]
+        sizes = [b - a for a, b in zip(bounds, bounds[1:])]
     groups, start = [], 0
     for n in sizes:
         groups.append(body[start : start + n])

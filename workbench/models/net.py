@@ -102,7 +102,7 @@ def build_model(
         pool = pool_kernels[k] if pool_kernels else None
         width = max(1, aux_width)
         spec = HeadSpec(kind, depth, c, classes, width, out.size, batchnorm, pool)
-        heads.append(objective.build_head(spec))
+        heads.append(objective(config, k).build_head(spec))
     model = LayerwiseNet(trunk, heads)
     if initialize and config.init == "orthogonal":
         _orthogonal_init(model)

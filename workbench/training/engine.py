@@ -21,6 +21,7 @@ from torch import Tensor
 
 from workbench.config import Config
 from workbench.data import Batches, ImageData, make_batches
+from workbench.data.batches import normalization_tensors
 from workbench.events import (
     EPOCH_END,
     MODULE_DONE,
@@ -119,6 +120,9 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         # SGD state lives from its first step to the end of its last phase
         self.learners: dict[str, LocalLearner] = {}
         self.needs_image = "image" in objective_class(config.objective).needs
+        # (scale, shift) of the data's normalization, to give an objective the images as they
+        # were before it (pixel / 255)
+        self.normalization = normalization_tensors(data.mean, data.std, device)
         self.lr = config.lr  # the current step's learning rate
         self.test_acc: dict[int, float] = {}  # latest test accuracy per module (1-indexed)
         self.test_top5: dict[int, float] = {}
@@ -265,6 +269,11 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, self.amp)
 
+    def raw_images(self, x: Tensor) -> Tensor:
+        """A batch of normalized images as they were before normalization, in [0, 1]."""
+        scale, shift = self.normalization
+        return (x - shift) / (scale * 255)
+
     def prefix_features(self, phase: Phase, x: Tensor) -> Tensor:
         """The frozen modules' output: eval mode (set by the caller) and no autograd graph."""
         with torch.no_grad(), self.autocast():
@@ -277,7 +286,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         steps on its own loss and hands a detached output onwards; the phase's first trains
         on the frozen prefix's output."""
         x = x.contiguous(memory_format=self.memory_format)
-        image = x if self.needs_image else None  # the cache holds no images (refused there)
+        image = self.raw_images(x) if self.needs_image else None  # (the cache holds none)
         if self.cache is None:
             x = self.prefix_features(phase, x)
         i = 0

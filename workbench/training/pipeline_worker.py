@@ -295,9 +295,9 @@ def _epoch(
         if x.requires_grad:  # before it is copied: a producer's graph must never reach here
             raise RuntimeError(f"module {spec.module + 1} got an input that requires grad")
         x = x.to(device, non_blocking=True)
-        if scale is not None:
+        if scale is not None:  # module 1: uint8 images, normalized here
+            image = x.float().div_(255) if needs_image else None
             x = normalize(x, *scale)
-            image = x if needs_image else None
         elif image is not None:
             image = image.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)

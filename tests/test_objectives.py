@@ -1,0 +1,131 @@
+"""The field's objectives beside cross-entropy: InfoPro in its softmax and contrast modes, and
+where modules end (`module_ends`, InfoPro's split points)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny
+
+from workbench import Config, ConfigError, run_experiment
+from workbench.data import load_data
+from workbench.local import LocalInputs, LocalLearner
+from workbench.local.objective import LocalBatch
+from workbench.local.objectives import objective_class
+from workbench.local.objectives.infopro_contrast import supervised_contrastive
+from workbench.models import build_model
+from workbench.models.archs import module_groups, unit_plan
+from workbench.records import RunDir
+from workbench.training import Trainer
+from workbench.training.device import choose_precision
+
+SMALL_RESNET = dict(arch="resnet", n_units=3, width=8, n_modules=2)
+
+
+def test_module_ends_put_the_splits_where_infopro_puts_them():
+    # InfoPro's ResNet-32 at K = 2 ends module 1 after stage 2's block 1 (0-indexed): 5 + 2
+    config = Config(arch="resnet32", n_modules=2, module_ends="7", dataset="cifar10")
+    groups = module_groups(config, len(unit_plan(config, 32, 3)))
+    assert [len(g) for g in groups] == [1 + 7, 8]  # the stem travels with module 1
+    # K = 16 begins with the stem alone: one more module than blocks
+    sixteen = Config(arch="resnet32", n_modules=16, module_ends=",".join(map(str, range(15))))
+    assert [len(g) for g in module_groups(sixteen, 16)] == [1] * 16
+    for bad in ("8,7", "x", "15", "1,2"):
+        with pytest.raises(ConfigError, match=f"module_ends: got '{bad}'"):
+            Config(arch="resnet32", n_modules=2, module_ends=bad)
+
+
+def test_infopros_lambdas_go_from_the_first_local_module_to_the_last():
+    config = Config(**SMALL_RESNET, objective="infopro").replace(
+        n_modules=4, n_units=4, ixx_1=6.0, ixy_1=0.0, ixx_2=1.0, ixy_2=2.0
+    )
+    lambdas = [objective_class("infopro")(config, k).lambdas() for k in range(3)]
+    assert lambdas == [(6.0, 0.0), (3.5, 1.0), (1.0, 2.0)]  # their `ratio`: k / (K - 2)
+
+
+def test_infopros_loss_is_the_reconstruction_and_the_label_term_by_hand():
+    torch.manual_seed(0)
+    config = Config(**SMALL_RESNET, objective="infopro", ixx_1=2.0, ixy_1=0.5)
+    model = build_model(config)
+    objective = objective_class("infopro")(config, 0)
+    h = torch.randn(4, 16, 16, 16)
+    image, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 1, 3])
+    head = model.heads[0]
+    part = objective.loss(head, LocalBatch(h, torch.zeros(1), y, image))
+    decoded = head.decoder.layers(
+        F.interpolate(h, size=[32, 32], mode="bilinear", align_corners=True)
+    )
+    bce = -(image * decoded.log() + (1 - image) * (1 - decoded).log()).mean()
+    ce = F.cross_entropy(head.aux(h), y)
+    assert torch.allclose(part.loss, 2.0 * bce + 0.5 * ce, atol=1e-6)
+    assert torch.equal(part.logits, head(h))
+    last = objective_class("infopro")(config, 1)  # the net's own head: plain cross-entropy
+    out = torch.randn(4, 32, 8, 8)
+    assert torch.allclose(last.loss(model.heads[1], LocalBatch(out, out, y, None)).loss,
+                          F.cross_entropy(out.mean((2, 3)) @ model.heads[1][2].weight.T
+                                          + model.heads[1][2].bias, y), atol=1e-6)  # fmt: skip
+
+
+def test_the_supervised_contrastive_loss_by_hand():
+    torch.manual_seed(1)
+    features = F.normalize(torch.randn(6, 5), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])  # image 5 is alone in its class
+    total = 0.0
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        denominator = sum(torch.exp(features[i] @ features[j] / 0.07) for j in others)
+        positives = [j for j in others if labels[j] == labels[i]]
+        logs = [features[i] @ features[p] / 0.07 - torch.log(denominator) for p in positives]
+        total += -(sum(logs) / len(positives)) if positives else 0.0
+    assert torch.allclose(supervised_contrastive(features, labels), total / 6, atol=1e-5)
+
+
+def test_the_decoders_target_is_the_image_before_normalization(tmp_path):
+    config = tiny(tmp_path, **SMALL_RESNET, objective="infopro")
+    data = load_data(config)
+    with RunDir.open(config) as run:
+        trainer = Trainer(config, run, build_model(config), data, torch.device("cpu"))
+        x, _ = next(iter(trainer.train_batches))
+        raw = data.train_x[: len(x)].float() / 255  # the first batch, unshuffled below
+        plain = next(iter(trainer.test_batches))[0]
+        expected = data.test_x[: len(plain)].float() / 255
+        assert torch.allclose(trainer.raw_images(plain), expected.view_as(plain), atol=1e-6)
+        assert raw.min() >= 0 and raw.max() <= 1
+
+
+@pytest.mark.parametrize("name", ["infopro", "infopro-contrast"])
+def test_no_gradient_crosses_a_module_boundary_with_infopro(name):
+    config = Config(**SMALL_RESNET, objective=name, momentum=0.0, weight_decay=0.0)
+    model = build_model(config)
+    precision = choose_precision("fp32", None)
+    learners = [
+        LocalLearner(
+            config,
+            [k],
+            [model.trunk[k]],
+            [model.heads[k]],
+            precision,
+            torch.device("cpu"),
+            torch.contiguous_format,
+        )  # fmt: skip
+        for k in range(2)
+    ]
+    x, y = torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    image = torch.rand(8, 1, 32, 32)
+    first = learners[0].step(LocalInputs(x, y, image), lr=0.1)
+    grads = [p.grad.clone() for p in model.trunk[0].parameters()]
+    learners[1].step(LocalInputs(first.output, y, image), lr=0.1)
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.trunk[0].parameters()))
+    assert all(p.grad is not None for p in model.heads[0].decoder.parameters())
+
+
+@pytest.mark.parametrize("method", ["sequential", "parallel", "multilap", "end-to-end"])
+@pytest.mark.parametrize("name", ["infopro", "infopro-contrast"])
+def test_infopro_trains_a_tiny_residual_net_above_chance(tmp_path, name, method):
+    # a global average and a linear layer end the net (InfoPro's): slower to learn than the
+    # default heads, so more steps than the cross-entropy tests take
+    config = tiny(tmp_path, **SMALL_RESNET, objective=name, method=method, epochs=6)
+    summary = run_experiment(config.replace(n_train=512, batch_size=32))
+    assert summary["status"] == "finished"
+    assert summary["final_test_acc"] > 0.3, summary["per_module_test_acc"]  # chance: 0.1
