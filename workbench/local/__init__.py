@@ -16,7 +16,7 @@ BN all drive modules through LocalLearner. Importing this package does not impor
 
 from __future__ import annotations
 
-from typing import Any
+from workbench.lazy import lazy_names
 
 _LAZY = {
     "LocalLearner": "workbench.local.learner",
@@ -26,11 +26,4 @@ _LAZY = {
     "update": "workbench.local.optim",
 }
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(name)
+__getattr__ = lazy_names(_LAZY)

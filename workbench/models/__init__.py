@@ -13,7 +13,7 @@ below load on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from workbench.lazy import lazy_names
 
 _LAZY = {
     "LayerwiseNet": "workbench.models.net",
@@ -27,11 +27,4 @@ _LAZY = {
     "HeadSpec": "workbench.models.heads",
 }
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(name)
+__getattr__ = lazy_names(_LAZY)
