@@ -161,3 +161,51 @@ def test_infopros_nets_have_the_reference_codes_parameters(arch, k):
     assert (per_module if isinstance(trunk, list) else sum(per_module)) == trunk
     assert sum(count(h.aux) + count(h.decoder) for h in model.heads[:-1]) == local
     assert count(model.heads[-1]) == 64 * 10 + 10  # their fc
+
+
+def test_predsims_similarity_matrix_and_pool_by_hand():
+    from workbench.local.objectives.predsim import decoder_pool, similarity_matrix
+
+    torch.manual_seed(2)
+    x = torch.randn(5, 4, 3, 3)
+    stds = x.view(5, 4, -1).std(dim=2)  # a conv map: each channel's spread over positions
+    centred = stds - stds.mean(dim=1, keepdim=True)
+    unit = centred / centred.norm(dim=1, keepdim=True)
+    assert torch.allclose(similarity_matrix(x), unit @ unit.T, atol=1e-6)
+    onehot = F.one_hot(torch.tensor([0, 1, 0]), 3).float()
+    s = similarity_matrix(onehot)  # same class: 1; different classes: -1/2 (centred one-hots)
+    assert torch.allclose(s, torch.tensor([[1, -0.5, 1], [-0.5, 1, -0.5], [1, -0.5, 1]]))
+    # their kernel search, height then width doubled: 128 maps of 32x32 pass through
+    # 16x32, 16x16, 8x16, 8x8, 4x8 (4096 values) to 4x4 windows of 8x8: 2048
+    pool, dim = decoder_pool(128, 32, 2048)
+    assert dim == 128 * 4 * 4 and pool.kernel_size == (8, 8)
+    _, dim = decoder_pool(128, 32, 4096)  # stops after the height's step
+    assert dim == 128 * 4 * 8
+    assert decoder_pool(8, 4, 2048) == (None, 128)
+
+
+@pytest.mark.parametrize("name", ["predsim", "pred", "sim"])
+def test_predsims_losses_by_hand(name):
+    from workbench.local.objectives.predsim import similarity_matrix
+
+    torch.manual_seed(3)
+    config = Config(**SMALL_RESNET, objective=name, beta=0.9)
+    head = build_model(config).heads[0]
+    torch.nn.init.normal_(head.decoder_y.weight)  # zero at the start, as theirs
+    h, y = torch.randn(6, 16, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    part = objective_class(name)(config, 0).loss(head, LocalBatch(h, h, y, None))
+    ce = F.cross_entropy(head(h), y)
+    sim = F.mse_loss(similarity_matrix(head.conv_loss(h)),
+                     similarity_matrix(F.one_hot(y, 10).float()))  # fmt: skip
+    expected = {"predsim": 0.1 * ce + 0.9 * sim, "pred": ce, "sim": sim}[name]
+    assert torch.allclose(part.reported, expected, atol=1e-6)
+    assert torch.allclose(part.loss, expected + (ce if name == "sim" else 0), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+@pytest.mark.parametrize("name", ["predsim", "pred", "sim"])
+def test_predsim_trains_a_tiny_net_above_chance(tmp_path, name, method):
+    config = tiny(tmp_path, n_modules=2, objective=name, method=method, epochs=3, lr=0.05)
+    summary = run_experiment(config.replace(n_train=512, batch_size=32))
+    assert summary["status"] == "finished"
+    assert summary["final_test_acc"] > 0.3, summary["per_module_test_acc"]  # chance: 0.1

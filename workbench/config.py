@@ -182,6 +182,10 @@ class Config:
         help="InfoPro: lambda1 (reconstruction) at the (K-1)th module")
     ixy_2: float = setting(1.0, "Training", added=True,
         help="InfoPro: lambda2 (label term) at the (K-1)th module")
+    beta: float = setting(0.99, "Training", added=True,
+        help="PredSim: the similarity term's weight; the prediction term's is 1 - beta")
+    dim_in_decoder: int = setting(2048, "Training", added=True,
+        help="PredSim: decoder_y's input at most this many values (average-pooled to it)")
     regularization: str = setting("none", "Training", choices=REGULARIZATIONS, label_rank=4,
         help="kinetic: TRGL's transport (kinetic-energy) term")
     tau: float = setting(1.0, "Training", label="tau (kinetic)", label_rank=5,

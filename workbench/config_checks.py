@@ -241,6 +241,9 @@ def _validate_training(c: Config) -> None:
         value = getattr(c, name)
         if not value >= 0 or math.isinf(value):
             raise ConfigError(f"{name}: got {value!r}; allowed: a finite number >= 0")
+    if not 0 <= c.beta <= 1:
+        raise ConfigError(f"beta: got {c.beta!r}; allowed: 0 <= beta <= 1")
+    _at_least("dim_in_decoder", c.dim_in_decoder, 1, "a positive number of values")
     if not c.tau > 0 or math.isinf(c.tau):
         raise ConfigError(f"tau: got {c.tau!r}; allowed: a finite number > 0")
     _at_least("epochs", c.epochs, 1, "a positive number of epochs")
