@@ -10,7 +10,6 @@ worker processes, DDP, checkpoints and precise BN all drive modules through it.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from workbench.config import Config
 from workbench.local import kinetic
 from workbench.local.objective import LocalBatch, LocalInputs, Objective
 from workbench.local.objectives import objective_class
-from workbench.local.optim import make_scaler, make_sgd, update
+from workbench.local.optim import autocast, make_scaler, make_sgd, update
 from workbench.models.flops import layer_flops
 
 if TYPE_CHECKING:  # the precision is chosen in training/, which drives learners
@@ -129,11 +128,6 @@ class LocalLearner:
         for part in self.parts():
             part.train()
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, self.precision.dtype)
-
     def logits(self, h: Tensor, i: int = 0) -> Tensor:
         """The prediction of the learner's i-th module's head on that module's output h."""
         return self.classifiers[i](h)
@@ -158,7 +152,8 @@ class LocalLearner:
             raise RuntimeError(f"{self.name} got an input that requires grad")
         x = x.contiguous(memory_format=self.memory_format)
         self.set_lr(lr)
-        with self.autocast():  # the forward only; backward follows the forward's dtypes
+        # the forward only; backward follows the forward's dtypes
+        with autocast(self.device, self.precision.dtype):
             if self.joint:
                 out, losses, total = self._joint_forward(x, inputs)
             else:

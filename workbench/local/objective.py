@@ -14,10 +14,10 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from workbench.config import Config, ConfigError
-from workbench.models.heads import HeadSpec
+from workbench.models.heads import HeadSpec, build_head
 
 # output: the module's output; input: what entered the module; labels; image: the batch's
-# (normalized) images, as module 1 saw them
+# images as module 1 saw them, before normalization (pixel / 255)
 INPUTS = ("output", "input", "labels", "image")
 
 
@@ -80,8 +80,6 @@ class Objective:
     def build_head(self, spec: HeadSpec) -> nn.Module:
         """Module k's head; its forward gives the logits evaluation, the ensemble and the
         probes read. The auxiliary classifier of the config's family and depth by default."""
-        from workbench.models.heads import build_head
-
         return build_head(spec)
 
     def loss(self, head: nn.Module, batch: LocalBatch) -> LocalLoss:

@@ -1,7 +1,9 @@
-"""A learner's optimizer: the config's SGD, and one update with fp16's loss scaling."""
+"""A learner's optimizer: the config's SGD, one update with fp16's loss scaling, and the
+autocast its forward runs under."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,13 @@ from workbench.config import Config
 
 if TYPE_CHECKING:  # the precision is chosen in training/, which drives learners
     from workbench.training.device import Precision
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to a run's low precision, or nothing at all in fp32 (dtype None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype)
 
 
 def make_scaler(precision: Precision, device: torch.device) -> torch.amp.GradScaler | None:

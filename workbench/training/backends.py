@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Tensor, nn
 
     from workbench.summary import Summary
     from workbench.training.engine import Trainer
@@ -49,7 +49,11 @@ class Alone:
     world_size = 1
 
     def attach(self, trainer: Trainer) -> None:
-        """Adapt the trainer once it is built (wrap its modules, share its stop flag)."""
+        """Adapt the trainer once its batches are made (share its stop flag, check them)."""
+
+    def parallel(self, module: nn.Module) -> nn.Module:
+        """A trained module or head as this strategy trains it (DDP-wrapped across ranks)."""
+        return module
 
     def slices(self, batches: Any, timed: Iterator[tuple[Tensor, Tensor]]) -> Iterator:
         """This process's part of each training batch."""

@@ -164,3 +164,9 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 def _nothing() -> None:
     return None
+
+
+def compiler(config: Config) -> Callable[[Any], Any]:
+    """torch.compile when the config asks for it, else the callable as it is. Compiled
+    callables share the modules' parameters, so state dicts are untouched."""
+    return torch.compile if config.compile else (lambda f: f)

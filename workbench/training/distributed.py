@@ -34,7 +34,7 @@ import inspect
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from workbench.config import Config, ConfigError
 from workbench.events import Callback
-from workbench.local.learner import training_body
 from workbench.records import RunDir, RunFolderError
 from workbench.training.backends import Alone
 from workbench.training.checkpoints import ResumePoint
@@ -280,16 +279,11 @@ class DataParallel(Alone):
         self.batch_size, self.n_train = trainer.config.batch_size, len(trainer.train_batches.y)
         self.check_batches(len(trainer.train_batches))
         self.device = trainer.device
-        wrap: Callable[[Any], Any] = torch.compile if trainer.config.compile else (lambda f: f)
-        trainer.trained = [
-            wrap(self.data_parallel(training_body(trainer.config, m))) for m in trainer.model.trunk
-        ]
-        trainer.heads = [wrap(self.data_parallel(h)) for h in trainer.model.heads]
         trainer.stop = RankStop(trainer.stop, self.ranks)
         if hasattr(trainer.train_batches, "shard"):  # streamed: workers read the rank's slices
             trainer.train_batches.shard = (self.ranks.rank, self.world_size)
 
-    def data_parallel(self, module: nn.Module) -> nn.Module:
+    def parallel(self, module: nn.Module) -> nn.Module:
         if not any(p.requires_grad for p in module.parameters()):
             return module  # nothing to all-reduce (DDP refuses such a module)
         cuda = self.device.type == "cuda"

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from workbench.events import (
 from workbench.local.learner import LocalLearner, training_body
 from workbench.local.objective import LocalInputs
 from workbench.local.objectives import objective_class
+from workbench.local.optim import autocast
 from workbench.memory import free_memory_bytes, peak_memory_bytes
 from workbench.models import LayerwiseNet
 from workbench.records import RunDir, RunFailed
@@ -39,6 +40,7 @@ from workbench.summary import Summary
 from workbench.training.backends import Alone, InProcess, PassTotals
 from workbench.training.checkpoints import CheckpointMixin
 from workbench.training.device import (
+    compiler,
     evaluation_memory_format,
     memory_format,
     run_precision,
@@ -116,6 +118,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         self.train_batches, self.test_batches = make_batches(
             data, config, device, self.eval_batch_size
         )
+        self.sync.attach(self)  # before the modules are wrapped: its stop flag, its checks
         # the learners that have trained, by key (str(k), or 'all' end-to-end): each module's
         # SGD state lives from its first step to the end of its last phase
         self.learners: dict[str, LocalLearner] = {}
@@ -138,12 +141,12 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         self.memory_format = memory_format(config, device)
         self.eval_memory_format = evaluation_memory_format(config, device)
         model.to(memory_format=self.memory_format)
-        # what runs each module and head: compiled callables (and DDP's wrappers) share the
-        # modules' parameters, so state dicts are untouched
-        wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
-        self.trained = [wrap(training_body(config, m)) for m in model.trunk]
+        # what runs each module and head: compiled, and as the sync strategy trains them (DDP
+        # across torchrun's ranks), all sharing the modules' parameters
+        wrap, parallel = compiler(config), self.sync.parallel
+        self.trained = [wrap(parallel(training_body(config, m))) for m in model.trunk]
         self.frozen = [wrap(m) for m in model.trunk]
-        self.heads = [wrap(h) for h in model.heads]
+        self.heads = [wrap(parallel(h)) for h in model.heads]
         self.cache: FeatureBatches | None = None  # the current phase's prefix outputs
         self.stats_batches: Any = None  # training images for BatchNorm re-estimates (lazy)
         # per step and trained module, whether its loss was finite: written on the device by
@@ -162,7 +165,6 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         # each module's test logits from its latest evaluation (host), for the final summary
         self.test_logits: dict[int, Tensor] = {}
         self.test_labels: Tensor | None = None
-        self.sync.attach(self)
 
     def sample_image(self) -> Tensor:
         """An input of the trunk's shape on the device (it sizes the test batches)."""
@@ -265,9 +267,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
     # -- one step ----------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to the run's low precision, or nothing at all in fp32."""
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, self.amp)
+        return autocast(self.device, self.amp)
 
     def raw_images(self, x: Tensor) -> Tensor:
         """A batch of normalized images as they were before normalization, in [0, 1]."""

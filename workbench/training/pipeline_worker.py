@@ -29,7 +29,13 @@ from workbench.local.learner import LocalLearner, training_body
 from workbench.local.objective import LocalInputs
 from workbench.local.objectives import objective_class
 from workbench.memory import peak_memory_bytes, reset_peak_memory
-from workbench.training.device import applied, backend_settings, memory_format, run_precision
+from workbench.training.device import (
+    applied,
+    backend_settings,
+    compiler,
+    memory_format,
+    run_precision,
+)
 from workbench.training.methods import Phase, learning_rate, restarts_momentum
 
 QUEUE_DEPTH = 2  # batches in flight between two modules (each inbox's bound)
@@ -69,7 +75,7 @@ def worker_learner(
     layout = memory_format(config, where)
     trunk = trunk.to(where, memory_format=layout)
     head = head.to(where, memory_format=layout)
-    wrap: Callable[[Any], Any] = torch.compile if config.compile else (lambda f: f)
+    wrap = compiler(config)
     return LocalLearner(
         config,
         [k],
@@ -292,8 +298,6 @@ def _epoch(
         if age > bound:  # the pipeline's promise: never train on older activations than this
             raise RuntimeError(f"module {spec.module + 1} got a batch {age} steps old (> {bound})")
         lr = learning_rate(config, phase.first_epoch + epoch + i / n_batches, phase.total_epochs)
-        if x.requires_grad:  # before it is copied: a producer's graph must never reach here
-            raise RuntimeError(f"module {spec.module + 1} got an input that requires grad")
         x = x.to(device, non_blocking=True)
         if scale is not None:  # module 1: uint8 images, normalized here
             image = x.float().div_(255) if needs_image else None

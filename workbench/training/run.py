@@ -121,12 +121,13 @@ def _train(
         summary.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S")
         summary.eval_batch_size = trainer.eval_batch_size
         summary.time_split_s = clock.split()  # this session's, up to the summary's writing
+        final = summary.to_dict()  # what is written, what watchers get, what is returned
         try:
-            run.write_summary(summary.to_dict())
+            run.write_summary(final)
         except WriteError:
             if summary.status != Status.FAILED:  # else the error being raised says it already
                 raise
         finally:
             trainer.close()
-            trainer.emit(RUN_END, {"summary": summary.to_dict()})
-    return summary.to_dict()
+            trainer.emit(RUN_END, {"summary": final})
+    return final
