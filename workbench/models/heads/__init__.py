@@ -56,8 +56,3 @@ def build_head(spec: HeadSpec) -> Any:
     if spec.depth == 0 and not getattr(family, "OWN_DEPTH_ZERO", False):
         family = FAMILIES["linear"]
     return family.build(spec)
-
-
-def depth_meanings() -> dict[str, str]:
-    """What depth means in each family, for help texts."""
-    return {name: f.DEPTH for name, f in FAMILIES.items()}
