@@ -2,9 +2,9 @@
 
 The expected numbers were read off the reference code itself (eugenium/layerCNN cifar.py and
 imagenet*.py, eugenium/DGL learning_curves/, auxiliary_nets_study/ and imagenet_dgl/,
-block-wise/module-wise resnet110-4modules-stl10.py), instantiated as their README commands
-configure them. Heads of DGL's MLP families exclude a BatchNorm the reference builds and
-never uses (2C parameters).
+block-wise/module-wise resnet110-4modules-stl10.py, blackfeather-wang/InfoPro-Pytorch's
+networks/), instantiated as their README commands configure them. Heads of DGL's MLP families
+exclude a BatchNorm the reference builds and never uses (2C parameters).
 """
 
 from __future__ import annotations
@@ -68,6 +68,68 @@ REFERENCE = {
     ),
 }
 REFERENCE["belilovsky-k3-imagenet"] = REFERENCE["belilovsky-k2-imagenet"]
+# InfoPro-Pytorch's `Experiments on CIFAR-SVHN-STL10/networks`, instantiated as comand.sh's
+# commands build them (resnet32/110, local_module_num K, 1c2f, contrast, feature dim 128,
+# CIFAR-10) and cut where its configs.py splits; a local module's head is its aux net and its
+# decoder (per part below) and the workbench's read-out of the contrast features (128 x 10 + 10
+# parameters, trained on them detached: the reference evaluates the last module only); the last
+# module's head is the net's own fc
+REFERENCE.update(
+    {
+        "infopro-resnet32-k2-cifar10": (
+            [56912, 409344],
+            [48501, 650],
+            [(32, 16, 16), (64, 8, 8)],
+        ),
+        "infopro-resnet32-k4-cifar10": (
+            [14480, 42432, 113408, 295936],
+            [28789, 48501, 70389, 650],
+            [(16, 32, 32), (32, 16, 16), (64, 8, 8), (64, 8, 8)],
+        ),
+        "infopro-resnet32-k8-cifar10": (
+            [5136, 9344, 9344, 33088, 37120, 76288, 147968, 147968],
+            [28789] * 3 + [48501, 48501, 70389, 70389, 650],
+            [(16, 32, 32)] * 3 + [(32, 16, 16), (32, 16, 16)] + [(64, 8, 8)] * 3,
+        ),
+        "infopro-resnet32-k16-cifar10": (
+            [464] + [4672] * 5 + [14528] + [18560] * 4 + [57728] + [73984] * 4,
+            [28789] * 6 + [48501] * 5 + [70389] * 4 + [650],
+            [(16, 32, 32)] * 6 + [(32, 16, 16)] * 5 + [(64, 8, 8)] * 5,
+        ),
+        "infopro-resnet110-k2-cifar10": (
+            [247568, 1482496],
+            [48501, 650],
+            [(32, 16, 16), (64, 8, 8)],
+        ),
+        "infopro-resnet110-k4-cifar10": (
+            [56528, 172480, 465280, 1035776],
+            [28789, 48501, 70389, 650],
+            [(16, 32, 32), (32, 16, 16), (64, 8, 8), (64, 8, 8)],
+        ),
+        "infopro-resnet110-k8-cifar10": (
+            [23824, 32704, 42560, 129920, 129920, 335360, 517888, 517888],
+            [28789, 28789] + [48501] * 3 + [70389, 70389, 650],
+            [(16, 32, 32), (16, 32, 32)] + [(32, 16, 16)] * 3 + [(64, 8, 8)] * 3,
+        ),
+        "infopro-resnet110-k16-cifar10": (
+            [9808] + [14016] * 5 + [37760, 55680, 55680, 74240, 74240, 168832] + [295936] * 4,
+            [28789] * 6 + [48501] * 5 + [70389] * 4 + [650],
+            [(16, 32, 32)] * 6 + [(32, 16, 16)] * 5 + [(64, 8, 8)] * 5,
+        ),
+        "infopro-e2e-resnet32-cifar10": (
+            [466256],
+            [650],
+            [(64, 8, 8)],
+        ),
+        "infopro-e2e-resnet110-cifar10": (
+            [1730064],
+            [650],
+            [(64, 8, 8)],
+        ),
+    }
+)
+# the same nets' aux net and decoder of a local module, by the module's output channels
+REFERENCE_INFOPRO_PARTS = {16: (25408, 2091), 32: (43392, 3819), 64: (61824, 7275)}
 
 
 def module_output_shapes(config: Config) -> list[tuple[int, ...]]:
@@ -95,6 +157,19 @@ def test_preset_builds_the_reference_network(name):
     if heads is not None:
         assert counts["head_params"] == heads
     assert module_output_shapes(config) == shapes
+
+
+@pytest.mark.parametrize("name", [n for n in REFERENCE if n.startswith("infopro-resnet")])
+def test_infopro_presets_aux_nets_and_decoders_are_the_reference_codes(name):
+    config = preset(name)
+    with torch.device("meta"):
+        model = build_model(config, initialize=False)
+    count = lambda part: sum(p.numel() for p in part.parameters())  # noqa: E731
+    widths = [shape[0] for shape in REFERENCE[name][2][:-1]]
+    aux, decoders = zip(*(REFERENCE_INFOPRO_PARTS[c] for c in widths))
+    assert [count(h.aux) for h in model.heads[:-1]] == list(aux)
+    assert [count(h.decoder) for h in model.heads[:-1]] == list(decoders)
+    assert all(count(h.readout) == 128 * 10 + 10 for h in model.heads[:-1])
 
 
 @pytest.mark.parametrize(

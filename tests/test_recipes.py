@@ -1,13 +1,17 @@
 """The papers' schedules and evaluation: TRGL's ne1 + k ne2 epochs and multi-lap rounds,
-momentum restarts at step decays, Nesterov, top-5, and TRGL's best-epoch protocol."""
+momentum restarts at step decays, Nesterov, top-5, TRGL's best-epoch protocol, and InfoPro's
+per-epoch cosine and initialisation."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 from conftest import tiny
 
 from workbench import Config, ConfigError, run_experiment
+from workbench.models import build_model
 from workbench.records import read_metrics
 from workbench.training import plan
 from workbench.training.methods import learning_rate, restarts_momentum
@@ -39,6 +43,38 @@ def test_cosine_spans_a_modules_own_epochs():
     config = Config(lr=1.0, lr_schedule="cosine", epochs=2)
     assert learning_rate(config, 2.0, 4) == pytest.approx(0.5)  # halfway through 4 epochs
     assert learning_rate(config, 2.0) == pytest.approx(0.0)  # the end of 2
+
+
+def test_infopros_cosine_is_set_per_epoch_and_warms_up_from_001():
+    # their adjust_learning_rate(optimizer, epoch + 1) at lr 0.8 over 160 epochs, by hand
+    config = Config(lr=0.8, lr_schedule="infopro-cosine", epochs=160)
+    cosine = lambda e: 0.4 * (1 + math.cos(math.pi * e / 160))  # noqa: E731
+    assert learning_rate(config, 0.0) == pytest.approx(0.01)  # epoch 1: all warm-up
+    assert learning_rate(config, 0.99) == learning_rate(config, 0.0)  # constant in an epoch
+    assert learning_rate(config, 4.5) == pytest.approx(cosine(5) * 4 / 10 + 0.01 * 6 / 10)
+    assert learning_rate(config, 10.0) == pytest.approx(cosine(11))  # warm-up over
+    assert learning_rate(config, 159.5) == pytest.approx(0.0)  # epoch 160
+    # the schedule spans a module's own epochs, as the cosine does
+    assert learning_rate(config.replace(epochs=2), 10.0, 160) == learning_rate(config, 10.0)
+
+
+def test_he_conv_init_is_infopros_and_leaves_linears_at_pytorchs():
+    torch.manual_seed(0)
+    config = Config(arch="resnet32", dataset="cifar10", width=32, init="he-conv", n_modules=2,
+                    objective="infopro")  # fmt: skip
+    model = build_model(config)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) > 30  # the trunk's, the aux nets' and the decoders'
+    for conv in convs:
+        k, out = conv.kernel_size[0], conv.out_channels
+        fan_in = conv.in_channels * k * k
+        # He normal (fan out): std sqrt(2 / (k k out)); PyTorch's default is sqrt(1 / (3 fan_in))
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (k * k * out)), rel=0.2)
+        assert abs(conv.weight.std().item() - math.sqrt(1 / (3 * fan_in))) > 0.01 or out < 8
+    default = build_model(config.replace(init="default"))
+    for a, b in zip(model.modules(), default.modules()):
+        if isinstance(a, torch.nn.Linear):  # PyTorch's own init, drawn before the convs'
+            assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
 def test_step_decay_restarts_momentum_only_when_asked(tmp_path, trainers):

@@ -59,16 +59,20 @@ SHORTCUTS = ("auto", "A", "B")
 CONV_BIASES = ("auto", "all", "none", "first")
 METHODS = ("sequential", "parallel", "multilap", "end-to-end")
 REGULARIZATIONS = ("none", kinetic.NAME)
-LR_SCHEDULES = ("constant", "step", "cosine")
+LR_SCHEDULES = ("constant", "step", "cosine", "infopro-cosine")
 AUGMENTS = ("auto", "none", "crop", "crop-flip", "reflect-crop-flip", "resized-crop-flip")
 # per-channel (mean, std) of pixel / 255; "dataset" measures them on the training set
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "dataset": None,
     "layercnn": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),  # layerCNN's and DGL's
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # TRGL's STL-10
+    "infopro": (  # InfoPro's CIFAR (train.py's Normalize, and what its decoder target undoes)
+        (125.3 / 255, 123.0 / 255, 113.9 / 255),
+        (63.0 / 255, 62.1 / 255, 66.7 / 255),
+    ),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-INITS = ("default", "orthogonal", "kaiming")
+INITS = ("default", "orthogonal", "kaiming", "he-conv")
 EVAL_PROTOCOLS = ("last", "trgl-best")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -162,7 +166,7 @@ class Config:
     schedule: str = setting("standard", "Model",
         help='standard, accelerated (Ma et al.), or 1-indexed positions "1,3"')
     init: str = setting("default", "Model", choices=INITS,
-        help="default (PyTorch's), orthogonal gain 0.1 (TRGL), kaiming (VGG)")
+        help="default (PyTorch's), orthogonal gain 0.1 (TRGL), kaiming (VGG), he-conv (InfoPro)")
     # training
     method: str = setting("sequential", "Training", choices=METHODS, label_rank=0,
         help="sequential, parallel (DGL), multilap (TRGL laps) or end-to-end")
@@ -199,7 +203,8 @@ class Config:
     lr: float = setting(0.05, "Training", label="learning rate",
         help="SGD learning rate at the start of each module's schedule")
     lr_schedule: str = setting("cosine", "Training", label="lr schedule", choices=LR_SCHEDULES,
-        help="per module: constant, step (see lr_step, lr_decay) or cosine")
+        help="per module: constant, step (lr_step, lr_decay), cosine, infopro-cosine (per epoch, "
+        "from 0.01 over 10 epochs)")
     lr_step: int = setting(15, "Training", label="lr step (epochs)",
         help="step schedule: multiply by lr_decay every lr_step epochs")
     lr_decay: float = setting(0.2, "Training", label="lr decay",

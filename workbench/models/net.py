@@ -68,6 +68,17 @@ def _kaiming_init(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _he_conv_init(model: nn.Module) -> None:
+    """InfoPro's (and ISDA's) ResNet initialisation, over the trunk, aux nets and decoders
+    alike: convs N(0, sqrt(2 / (k * k * out))), BN at identity, linears left at PyTorch's."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def build_model(
     config: Config, num_classes: int | None = None, initialize: bool = True
 ) -> LayerwiseNet:
@@ -108,6 +119,8 @@ def build_model(
         _orthogonal_init(model)
     elif initialize and config.init == "kaiming":
         _kaiming_init(model)
+    elif initialize and config.init == "he-conv":
+        _he_conv_init(model)
     return model
 
 

@@ -65,7 +65,19 @@ def learning_rate(config: Config, epoch: float, total_epochs: int | None = None)
     if config.lr_schedule == "cosine":
         span = total_epochs or config.epochs
         return config.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / span, 1.0)))
+    if config.lr_schedule == "infopro-cosine":
+        return infopro_cosine(config.lr, int(epoch) + 1, total_epochs or config.epochs)
     return config.lr
+
+
+def infopro_cosine(lr: float, epoch: int, epochs: int) -> float:
+    """InfoPro's `--cos_lr` (train.py, adjust_learning_rate): set once per epoch (1-indexed),
+    cosine from epoch 1 on, blended linearly from 0.01 over the first 10 epochs (their warm-up
+    for batch 1024 at lr 0.8)."""
+    cosine = 0.5 * lr * (1 + math.cos(math.pi * min(epoch / epochs, 1.0)))
+    if epoch <= 10:
+        return cosine * (epoch - 1) / 10 + 0.01 * (11 - epoch) / 10
+    return cosine
 
 
 def restarts_momentum(config: Config, epoch: int) -> bool:

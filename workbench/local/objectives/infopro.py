@@ -30,17 +30,6 @@ from workbench.models.heads import HeadSpec, build_head
 
 FEATURE_DIM = 128  # their aux_net_feature_dim in every command
 DECODER_WIDTH = 12
-# their split points (networks/configs.py, `InfoPro`) as `module_ends`: the blocks after which
-# modules 1..K-1 end (their [stage, layer] is block (stage - 1) x n + layer + 1; [0, 0] the stem)
-SPLITS = {
-    "resnet32": {2: "7", 4: "3,7,11", 8: "1,3,5,7,9,11,13", 16: ",".join(map(str, range(15)))},
-    "resnet110": {
-        2: "27",
-        4: "12,26,40",
-        8: "5,12,19,26,33,40,47",
-        16: "2,5,8,11,14,17,20,23,26,30,34,38,42,46,50",
-    },
-}
 
 
 def binary_cross_entropy(decoded: Tensor, image: Tensor) -> Tensor:
