@@ -178,6 +178,22 @@ def test_two_processes_train_as_one_stop_together_and_resume(tmp_path: Path, sin
             assert row["rank_images"] == [264, 248]  # 16 x 15 + 8 of the 512 images
 
 
+@pytest.mark.parametrize("objective", ["infopro-contrast", "predsim"])
+def test_infopro_and_predsim_train_across_two_processes(tmp_path: Path, objective: str):
+    """Each rank hands its objective its slice of the batch, images included (InfoPro's
+    decoder reads them), on a residual trunk."""
+    fields = dict(dataset="mnist-5k", n_train=512, n_test=200, batch_size=32, arch="resnet",
+                  n_units=3, width=8, n_modules=2, epochs=6, method="parallel",
+                  objective=objective, device="cpu", out=str(tmp_path / "run"))  # fmt: skip
+    if objective == "predsim":  # its recipe's optimizer
+        fields.update(optimizer="adam", lr=0.01, weight_decay=0.0)
+    code, output = finish(torchrun(fields, tmp_path), timeout=120)
+    assert code == 0, output[-3000:]
+    summary = summary_of(tmp_path / "run")
+    assert summary["status"] == "finished" and summary["world_size"] == 2
+    assert summary["final_test_acc"] > 0.3, summary["per_module_test_acc"]  # chance: 0.1
+
+
 def test_streamed_batches_read_each_ranks_slice_of_the_same_batches(tmp_path: Path) -> None:
     """The workers of rank r read the r-th slice of each batch one process would read, with
     the same augmentation (each image's crop is seeded by its index, not by its batch)."""

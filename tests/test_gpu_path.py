@@ -23,7 +23,7 @@ from conftest import tiny
 from workbench import Config, run_experiment
 from workbench.data import load_data
 from workbench.events import EPOCH_END, PROGRESS, RUN_START
-from workbench.local.optim import make_sgd, update
+from workbench.local.optim import make_optimizer, update
 from workbench.memory import cuda_free_bytes, peak_memory_bytes, reset_peak_memory
 from workbench.models import build_model
 from workbench.records import RunDir, RunFailed, read_metrics
@@ -109,7 +109,7 @@ def _tiny_net() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 
 def test_a_scaled_step_with_an_inf_gradient_is_skipped_and_the_next_one_applies(tmp_path):
     net, x, y = _tiny_net()
-    optimizer = make_sgd(net.parameters(), tiny(tmp_path), fused=True)
+    optimizer = make_optimizer(net.parameters(), tiny(tmp_path), fused=True)
     scaler = torch.amp.GradScaler("cpu")
     poison = {"on": True}
     net[1].weight.register_hook(lambda g: g * math.inf if poison["on"] else g)
@@ -136,7 +136,7 @@ def test_update_without_a_scaler_is_plain_sgd(tmp_path):
     twin, _, _ = _tiny_net()
     config = tiny(tmp_path)
     loss = torch.nn.functional.cross_entropy(net(x), y)
-    assert update(loss, make_sgd(net.parameters(), config)) is None
+    assert update(loss, make_optimizer(net.parameters(), config)) is None
     reference = torch.optim.SGD(
         twin.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )

@@ -251,3 +251,48 @@ def test_the_library_has_no_import_circle():
                     stack.append(nxt)
     assert sorted(set(circles)) == []
     assert not any(m.startswith("workbench.training") for m in graph["workbench.local.learner"])
+
+
+def test_dropout_drops_a_units_output_only_after_its_local_loss_saw_it():
+    # PredSim's blocks: loss on the block's output, then Dropout2d, then the max-pool
+    config = Config(arch="vgg8b", dataset="cifar10", width=8, n_modules=7, dropout=0.5,
+                    activation="leaky-relu", objective="predsim")  # fmt: skip
+    model = build_model(config).train()
+    first, second = model.trunk[0][0], model.trunk[1][0]
+    assert isinstance(first.dropout, torch.nn.Identity)  # the image is not dropped out
+    assert isinstance(second.dropout, torch.nn.Dropout2d) and second.dropout.p == 0.5
+    assert isinstance(second.act, torch.nn.LeakyReLU) and second.act.negative_slope == 0.01
+    x = torch.randn(4, 3, 32, 32)
+    h = model.trunk[0](x)  # what module 1's loss reads: the same on every pass
+    assert torch.equal(h, model.trunk[0](x))
+    dropped = second.dropout(h)  # what module 2 reads: whole channels zeroed, the rest scaled
+    zero = dropped.flatten(2).abs().sum(2) == 0
+    assert 0 < zero.float().mean() < 1
+    assert torch.allclose(dropped[~zero], 2 * h[~zero])
+    # the last module's output layer reads the fully connected unit's output dropped out
+    out = model.heads[-1].output
+    assert isinstance(out[0], torch.nn.Dropout2d) and torch.count_nonzero(out[-1].weight) == 0
+    model.eval()
+    assert torch.equal(model.trunk[1](h), model.trunk[1](h))  # no dropout when testing
+
+
+def test_a_fully_connected_unit_reads_the_whole_map_and_gives_a_1x1_map():
+    config = Config(arch="vgg8b", dataset="cifar10", width=8, n_modules=7)
+    model = build_model(config).eval()
+    fc = model.trunk[-1][0]
+    assert fc.linear.in_features == 32 * 2 * 2 and fc.linear.out_features == 1024
+    x = torch.randn(2, 32, 4, 4)
+    out = fc(x)
+    assert out.shape == (2, 1024, 1, 1)
+    pooled = torch.nn.functional.max_pool2d(x, 2).flatten(1)  # max-pool before it (VGG8b)
+    expected = torch.relu(fc.bn(fc.linear(pooled)))
+    assert torch.allclose(out.flatten(1), expected, atol=1e-6)
+
+
+def test_activation_and_dropout_are_refused_where_blocks_have_none():
+    with pytest.raises(ConfigError, match="activation: got 'leaky-relu' for resnet20; allowed"):
+        Config(arch="resnet20", activation="leaky-relu")
+    with pytest.raises(ConfigError, match="dropout: got 0.2 for resnet20; allowed: 0"):
+        Config(arch="resnet20", dropout=0.2)
+    with pytest.raises(ConfigError, match="dropout: got 1.0; allowed: 0 <= dropout < 1"):
+        Config(dropout=1.0)

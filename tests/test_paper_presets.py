@@ -3,8 +3,9 @@
 The expected numbers were read off the reference code itself (eugenium/layerCNN cifar.py and
 imagenet*.py, eugenium/DGL learning_curves/, auxiliary_nets_study/ and imagenet_dgl/,
 block-wise/module-wise resnet110-4modules-stl10.py, blackfeather-wang/InfoPro-Pytorch's
-networks/), instantiated as their README commands configure them. Heads of DGL's MLP families
-exclude a BatchNorm the reference builds and never uses (2C parameters).
+networks/, anokland/local-loss train.py), instantiated as their README commands configure
+them. Heads of DGL's MLP families exclude a BatchNorm the reference builds and never uses (2C
+parameters).
 """
 
 from __future__ import annotations
@@ -128,6 +129,26 @@ REFERENCE.update(
         ),
     }
 )
+# anokland/local-loss's train.py, VGGn("vgg8b") as its README command builds it (CIFAR-10,
+# dim-in-decoder 2048): each block's encoder and BN, then the head: decoder_y and conv_loss
+# (linear_loss for the fully connected block), the last one also the output layer
+# (Net.layer_out); 8,903,434 parameters without the local losses' parts, as its README says.
+# The backprop preset's heads before the last are the workbench's detached linear probes.
+_VGG8B = [3840, 295680, 590592, 1181184, 2360832, 2360832, 2100224]
+_VGG8B_SHAPES = [(128, 32, 32), (256, 32, 32), (256, 16, 16), (512, 16, 16), (512, 8, 8)] + [
+    (512, 4, 4),
+    (1024, 1, 1),
+]
+REFERENCE["predsim-vgg8b-cifar10"] = (
+    _VGG8B,
+    [20490 + 147456] + [20490 + 589824] * 2 + [20490 + 2359296] * 3 + [10250 + 1048576 + 10250],
+    _VGG8B_SHAPES,
+)
+REFERENCE["predsim-vgg8b-backprop-cifar10"] = (
+    _VGG8B,
+    [1290, 2570, 2570, 5130, 5130, 5130, 10250],
+    _VGG8B_SHAPES,
+)
 # the same nets' aux net and decoder of a local module, by the module's output channels
 REFERENCE_INFOPRO_PARTS = {16: (25408, 2091), 32: (43392, 3819), 64: (61824, 7275)}
 
@@ -135,7 +156,7 @@ REFERENCE_INFOPRO_PARTS = {16: (25408, 2091), 32: (43392, 3819), 64: (61824, 727
 def module_output_shapes(config: Config) -> list[tuple[int, ...]]:
     """Each module's output shape, on the meta device (nothing is allocated)."""
     with torch.device("meta"):
-        model = build_model(config, initialize=False)
+        model = build_model(config, initialize=False).eval()  # BN1d needs 2 images to train
         x = torch.empty(1, config.dataset_info.channels, config.input_size, config.input_size)
         shapes = []
         for module in model.trunk:
@@ -170,6 +191,20 @@ def test_infopro_presets_aux_nets_and_decoders_are_the_reference_codes(name):
     assert [count(h.aux) for h in model.heads[:-1]] == list(aux)
     assert [count(h.decoder) for h in model.heads[:-1]] == list(decoders)
     assert all(count(h.readout) == 128 * 10 + 10 for h in model.heads[:-1])
+
+
+def test_predsim_preset_has_the_reference_codes_decoders_and_output_layer():
+    with torch.device("meta"):
+        model = build_model(preset("predsim-vgg8b-cifar10"), initialize=False)
+    count = lambda part: sum(p.numel() for p in part.parameters())  # noqa: E731
+    assert [count(h.decoder_y) for h in model.heads] == [20490] * 6 + [10250]
+    assert [count(h.conv_loss) for h in model.heads] == [147456, 589824, 589824] + [2359296] * 3 + [
+        1048576
+    ]
+    assert [h.output is None for h in model.heads] == [True] * 6 + [False]
+    assert count(model.heads[-1].output) == 10250
+    total = sum(map(count, model.trunk)) + count(model.heads[-1].output)
+    assert total == 8903434  # the README's 8.9M
 
 
 @pytest.mark.parametrize(

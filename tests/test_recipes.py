@@ -58,6 +58,37 @@ def test_infopros_cosine_is_set_per_epoch_and_warms_up_from_001():
     assert learning_rate(config.replace(epochs=2), 10.0, 160) == learning_rate(config, 10.0)
 
 
+def test_milestones_decay_after_the_given_epochs_as_local_loss_does():
+    config = Config(lr=5e-4, lr_schedule="milestones", lr_milestones="200,300,350,375",
+                    lr_decay=0.25, epochs=400)  # fmt: skip
+    # their lr_scheduler: lr * fact ** bisect_right(milestones, epoch - 1), epoch from 1
+    expected = {0: 5e-4, 199.9: 5e-4, 200: 1.25e-4, 299: 1.25e-4, 300: 3.125e-5, 375: 5e-4 / 256}
+    for epoch, lr in expected.items():
+        assert learning_rate(config, epoch) == pytest.approx(lr)
+    for bad in ("300,200", "0,10", "ten"):
+        with pytest.raises(ConfigError, match=f"lr_milestones: got '{bad}'; allowed: increasing"):
+            config.replace(lr_milestones=bad)
+    with pytest.raises(ConfigError, match="lr_milestones: got '10' with lr_schedule 'cosine'"):
+        Config(lr_milestones="10")
+
+
+def test_adam_is_each_modules_optimizer_when_asked(tmp_path, trainers):
+    config = tiny(tmp_path, n_modules=2, optimizer="adam", lr=2e-3, weight_decay=0.0, epochs=2)
+    optimizers = []
+
+    def grab(event, info):
+        if event == "epoch_end":
+            optimizers.extend(learner.optimizer for learner in trainers[-1].learners.values())
+
+    summary = run_experiment(config, callbacks=[grab])
+    assert summary["status"] == "finished"
+    assert summary["final_test_acc"] > 0.3  # chance: 0.1
+    assert optimizers and all(type(o) is torch.optim.Adam for o in optimizers)
+    assert all(o.param_groups[0]["weight_decay"] == 0.0 for o in optimizers)
+    with pytest.raises(ConfigError, match="nesterov: got true with optimizer 'adam'"):
+        Config(optimizer="adam", nesterov=True)
+
+
 def test_he_conv_init_is_infopros_and_leaves_linears_at_pytorchs():
     torch.manual_seed(0)
     config = Config(arch="resnet32", dataset="cifar10", width=32, init="he-conv", n_modules=2,

@@ -59,13 +59,16 @@ SHORTCUTS = ("auto", "A", "B")
 CONV_BIASES = ("auto", "all", "none", "first")
 METHODS = ("sequential", "parallel", "multilap", "end-to-end")
 REGULARIZATIONS = ("none", kinetic.NAME)
-LR_SCHEDULES = ("constant", "step", "cosine", "infopro-cosine")
+LR_SCHEDULES = ("constant", "step", "milestones", "cosine", "infopro-cosine")
+OPTIMIZERS = ("sgd", "adam")
+ACTIVATIONS = ("relu", "leaky-relu")
 AUGMENTS = ("auto", "none", "crop", "crop-flip", "reflect-crop-flip", "resized-crop-flip")
 # per-channel (mean, std) of pixel / 255; "dataset" measures them on the training set
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "dataset": None,
     "layercnn": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),  # layerCNN's and DGL's
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # TRGL's STL-10
+    "predsim": ((0.424, 0.415, 0.384), (0.283, 0.278, 0.284)),  # local-loss's CIFAR-10
     "infopro": (  # InfoPro's CIFAR (train.py's Normalize, and what its decoder target undoes)
         (125.3 / 255, 123.0 / 255, 113.9 / 255),
         (63.0 / 255, 62.1 / 255, 66.7 / 255),
@@ -165,6 +168,10 @@ class Config:
         help="auto = the architecture's own (invertible, stride, maxpool)")
     schedule: str = setting("standard", "Model",
         help='standard, accelerated (Ma et al.), or 1-indexed positions "1,3"')
+    activation: str = setting("relu", "Model", choices=ACTIVATIONS, added=True,
+        help="plain nets: relu, or leaky-relu (slope 0.01, PredSim's)")
+    dropout: float = setting(0.0, "Model", added=True,
+        help="plain nets: dropout of each unit's output after its local loss saw it (PredSim)")
     init: str = setting("default", "Model", choices=INITS,
         help="default (PyTorch's), orthogonal gain 0.1 (TRGL), kaiming (VGG), he-conv (InfoPro)")
     # training
@@ -200,20 +207,24 @@ class Config:
     extra_epochs_per_module: int = setting(0, "Training", label="extra epochs/module",
         help="sequential/multilap: module k trains (k-1) x more (TRGL)")
     batch_size: int = setting(128, "Training", help="training minibatch size")
+    optimizer: str = setting("sgd", "Training", choices=OPTIMIZERS, added=True,
+        help="each module's optimizer: sgd (momentum, nesterov), adam (PredSim's)")
     lr: float = setting(0.05, "Training", label="learning rate",
-        help="SGD learning rate at the start of each module's schedule")
+        help="the learning rate at the start of each module's schedule")
     lr_schedule: str = setting("cosine", "Training", label="lr schedule", choices=LR_SCHEDULES,
-        help="per module: constant, step (lr_step, lr_decay), cosine, infopro-cosine (per epoch, "
-        "from 0.01 over 10 epochs)")
+        help="per module: constant, step (lr_step, lr_decay), milestones (lr_milestones), cosine, "
+        "infopro-cosine (per epoch, from 0.01 over 10 epochs)")
+    lr_milestones: str = setting("", "Training", label="lr milestones", added=True,
+        help='milestones schedule: the epochs after which lr is multiplied by lr_decay, "200,300"')
     lr_step: int = setting(15, "Training", label="lr step (epochs)",
         help="step schedule: multiply by lr_decay every lr_step epochs")
     lr_decay: float = setting(0.2, "Training", label="lr decay",
-        help="step schedule: the factor applied every lr_step epochs")
+        help="step and milestones schedules: the factor applied at each decay")
     momentum_restart: bool = setting(False, "Training",
         help="step schedule: zero the momentum at each decay (layerCNN)")
     momentum: float = setting(0.9, "Training", help="SGD momentum")
     nesterov: bool = setting(False, "Training", help="SGD with Nesterov momentum")
-    weight_decay: float = setting(5e-4, "Training", help="SGD weight decay")
+    weight_decay: float = setting(5e-4, "Training", help="weight decay (L2, in the optimizer)")
     label_smoothing: float = setting(0.0, "Training",
         help="cross-entropy label smoothing, from 0 up to (not including) 1")
     eval_protocol: str = setting("last", "Training", choices=EVAL_PROTOCOLS,

@@ -158,12 +158,42 @@ def _validate_model(c: Config) -> None:
         if not low <= depth <= MAX_AUX_DEPTH:
             what = "-1 (as aux_depth) or 0" if low < 0 else "0"
             raise ConfigError(f"{name}: got {depth}; allowed: {what} to {MAX_AUX_DEPTH}")
+    if arch.kind != "plain":
+        for name, plain_only, default in (
+            ("activation", c.activation != "relu", "relu (residual blocks keep ReLU)"),
+            ("dropout", c.dropout != 0, "0 (residual blocks have no dropout)"),
+        ):
+            if plain_only:
+                raise ConfigError(
+                    f"{name}: got {getattr(c, name)!r} for {c.arch}; allowed: {default}; other "
+                    "values on plain nets (greedy-cnn, vgg*)"
+                )
+    if not 0 <= c.dropout < 1:
+        raise ConfigError(f"dropout: got {c.dropout!r}; allowed: 0 <= dropout < 1")
     _validate_module_ends(c, total)
     _at_least("aux_width", c.aux_width, 0, "0 (the module's width) or a positive width")
     _validate_aux_pool(c)
     problem = kinetic.check(c)
     if problem:
         raise ConfigError(problem)
+
+
+def _validate_milestones(c: Config) -> None:
+    """lr_milestones: increasing epochs, given exactly when the schedule is milestones."""
+    if c.lr_schedule != "milestones":
+        if c.lr_milestones:
+            raise ConfigError(
+                f"lr_milestones: got {c.lr_milestones!r} with lr_schedule {c.lr_schedule!r}; "
+                'allowed: "" (or set lr_schedule milestones)'
+            )
+        return
+    allowed = 'increasing positive epochs, like "200,300,350,375"'
+    try:
+        epochs = [int(e) for e in c.lr_milestones.split(",")]
+    except ValueError:
+        raise ConfigError(f"lr_milestones: got {c.lr_milestones!r}; allowed: {allowed}") from None
+    if epochs[0] < 1 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ConfigError(f"lr_milestones: got {c.lr_milestones!r}; allowed: {allowed}")
 
 
 def _validate_module_ends(c: Config, total: int) -> None:
@@ -254,6 +284,7 @@ def _validate_training(c: Config) -> None:
     _at_least("lr_step", c.lr_step, 1, "a positive number of epochs")
     if not 0 < c.lr_decay <= 1:
         raise ConfigError(f"lr_decay: got {c.lr_decay!r}; allowed: 0 < lr_decay <= 1")
+    _validate_milestones(c)
     if c.momentum_restart and c.lr_schedule != "step":
         raise ConfigError(
             f"momentum_restart: got true with lr_schedule {c.lr_schedule!r}; allowed: true "
@@ -261,6 +292,8 @@ def _validate_training(c: Config) -> None:
         )
     if not 0 <= c.momentum < 1:
         raise ConfigError(f"momentum: got {c.momentum!r}; allowed: 0 <= momentum < 1")
+    if c.optimizer == "adam" and c.nesterov:
+        raise ConfigError("nesterov: got true with optimizer 'adam'; allowed: false (SGD only)")
     if c.nesterov and c.momentum == 0:
         raise ConfigError("nesterov: got true with momentum 0; allowed: nesterov with momentum > 0")
     _at_least("weight_decay", c.weight_decay, 0, ">= 0")

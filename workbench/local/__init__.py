@@ -2,12 +2,12 @@
 and its own optimizer, which is what layer-wise learning studies.
 
     learner.py     LocalLearner: a view over the model's modules and heads with their objective,
-                   SGD, precision and memory format; `step`, `logits`, `state`/`load`
+                   optimizer, precision and memory format; `step`, `logits`, `state`/`load`
     objective.py   what an objective is: the inputs it needs, its head, its loss
     objectives/    the objectives, one file each; a file's name is the objective's name
     kinetic.py     TRGL's kinetic-energy regularizer, which any objective on a residual trunk
                    can carry; runs without it never compute it
-    optim.py       the SGD and its update (with fp16's loss scaling)
+    optim.py       the optimizer (SGD or Adam) and its update (with fp16's loss scaling)
 
 The Trainer (training/engine.py), the pipeline's worker processes, DDP, checkpoints and precise
 BN all drive modules through LocalLearner. Importing this package does not import torch
@@ -22,7 +22,7 @@ _LAZY = {
     "LocalLearner": "workbench.local.learner",
     "LocalInputs": "workbench.local.objective",
     "StepResult": "workbench.local.learner",
-    "make_sgd": "workbench.local.optim",
+    "make_optimizer": "workbench.local.optim",
     "update": "workbench.local.optim",
 }
 __all__ = sorted(_LAZY)

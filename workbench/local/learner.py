@@ -22,7 +22,7 @@ from workbench.config import Config
 from workbench.local import kinetic
 from workbench.local.objective import LocalBatch, LocalInputs, Objective
 from workbench.local.objectives import objective_class
-from workbench.local.optim import autocast, make_scaler, make_sgd, update
+from workbench.local.optim import autocast, make_optimizer, make_scaler, update
 from workbench.models.flops import layer_flops
 
 if TYPE_CHECKING:  # the precision is chosen in training/, which drives learners
@@ -61,7 +61,7 @@ class StepResult:
 
 
 class LocalLearner:
-    """Modules `modules` (0-indexed) with their heads, objectives and one SGD.
+    """Modules `modules` (0-indexed) with their heads, objectives and one optimizer.
 
     `trunk` and `heads` are the model's own modules (for parameters, state and BN);
     `bodies` and `classifiers` are what runs them: the same modules, or wrappers that share
@@ -94,7 +94,7 @@ class LocalLearner:
         self.energy = kinetic.active(config)
         self.precision, self.device, self.memory_format = precision, device, memory_format
         self.scaler = make_scaler(precision, device)
-        self.optimizer = make_sgd(self.parameters(), config, fused=precision.scaled)
+        self.optimizer = make_optimizer(self.parameters(), config, fused=precision.scaled)
 
     @property
     def key(self) -> str:
@@ -137,7 +137,7 @@ class LocalLearner:
             group["lr"] = lr
 
     def restart_momentum(self) -> None:
-        self.optimizer.state.clear()  # SGD's state is its momentum buffers
+        self.optimizer.state.clear()  # a fresh optimizer: SGD's momentum, Adam's moments
 
     def release(self) -> None:
         """Drop the gradients of a learner that will not train again."""

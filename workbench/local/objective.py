@@ -19,6 +19,8 @@ from workbench.models.heads import HeadSpec, build_head
 # output: the module's output; input: what entered the module; labels; image: the batch's
 # images as module 1 saw them, before normalization (pixel / 255)
 INPUTS = ("output", "input", "labels", "image")
+# the config's choices of auxiliary head, which objectives with heads of their own ignore
+HEAD_FIELDS = ("aux_type", "aux_depth", "aux_width", "aux_pool", "last_aux_type", "last_aux_depth")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Objective:
 
     needs: ClassVar[frozenset[str]] = frozenset({"output", "labels"})
     summary: ClassVar[str] = ""
+    own_heads: ClassVar[bool] = False  # builds its paper's heads: the aux_* fields do not apply
 
     def __init__(self, config: Config, k: int):
         self.config, self.k = config, k
@@ -69,6 +72,15 @@ class Objective:
                 f"cache_features: got true with objective {config.objective!r}, which reads "
                 "the images and the cache holds only the frozen prefix's outputs; allowed: false"
             )
+        if cls.own_heads:
+            defaults = type(config)()
+            for name in HEAD_FIELDS:
+                if getattr(config, name) != getattr(defaults, name):
+                    return (
+                        f"{name}: got {getattr(config, name)!r} with objective "
+                        f"{config.objective!r}, which builds its paper's own heads; allowed: "
+                        f"{getattr(defaults, name)!r} (the default)"
+                    )
         return None
 
     @classmethod
@@ -79,8 +91,13 @@ class Objective:
 
     def build_head(self, spec: HeadSpec) -> nn.Module:
         """Module k's head; its forward gives the logits evaluation, the ensemble and the
-        probes read. The auxiliary classifier of the config's family and depth by default."""
-        return build_head(spec)
+        probes read. The auxiliary classifier of the config's family and depth by default;
+        with `dropout`, the last one reads the last unit's output dropped out, as every other
+        unit's output is before the next unit reads it."""
+        head = build_head(spec)
+        if self.last and self.config.dropout:
+            return nn.Sequential(nn.Dropout2d(self.config.dropout), head)
+        return head
 
     def loss(self, head: nn.Module, batch: LocalBatch) -> LocalLoss:
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""A learner's optimizer: the config's SGD, one update with fp16's loss scaling, and the
+"""A learner's optimizer: the config's SGD or Adam, one update with fp16's loss scaling, and the
 autocast its forward runs under."""
 
 from __future__ import annotations
@@ -28,26 +28,33 @@ def make_scaler(precision: Precision, device: torch.device) -> torch.amp.GradSca
     return torch.amp.GradScaler(device.type) if precision.scaled else None
 
 
-def make_sgd(
+def make_optimizer(
     params: Iterable[torch.nn.Parameter], config: Config, fused: bool = False
-) -> torch.optim.SGD:
-    """The config's SGD over `params` (its lr is set per step by the schedule). `fused` (fp16
-    runs): one kernel per update that also applies a loss scaler's decision to skip a step on
-    the device, where torch has one for these parameters; otherwise GradScaler.step reads
-    that decision on the host, a device sync every step."""
+) -> torch.optim.Optimizer:
+    """The config's optimizer over `params` (its lr is set per step by the schedule): SGD with
+    its momentum and Nesterov, or Adam (PredSim's: default betas, weight decay as L2, as
+    torch.optim.Adam adds it). `fused` (fp16 runs): one kernel per update that also applies a
+    loss scaler's decision to skip a step on the device, where torch has one for these
+    parameters; otherwise GradScaler.step reads that decision on the host, a device sync every
+    step."""
     params = list(params)
-    options = dict(
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
+    if config.optimizer == "adam":
+        kind: type[torch.optim.Optimizer] = torch.optim.Adam
+        options: dict = dict(lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        kind = torch.optim.SGD
+        options = dict(
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
     if fused:
         try:
-            return torch.optim.SGD(params, fused=True, **options)
-        except (RuntimeError, TypeError, ValueError):  # no fused SGD for this device or torch
+            return kind(params, fused=True, **options)
+        except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or torch
             pass
-    return torch.optim.SGD(params, **options)
+    return kind(params, **options)
 
 
 def update(

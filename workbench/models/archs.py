@@ -28,6 +28,7 @@ class Architecture:
     widths: tuple[int, ...] = ()  # plain nets with a fixed plan (VGG): each unit's width at 64
     positions: tuple[int, ...] = ()  # fixed standard downsampling positions (VGG, ResNet-18)
     shortcut: str = ""  # resnets: what shortcut=auto means, "A" (pad and subsample) or "B" (1x1)
+    fc: tuple[int, ...] = ()  # plain nets: fully connected units after the convs (their widths)
     summary: str = ""
 
     @property
@@ -67,6 +68,12 @@ ARCHITECTURES: dict[str, Architecture] = {
         widths=(64, 64, 128, 128, 256, 256, 512, 512, 512, 512),
         positions=(3, 5, 7, 9), summary="VGG-13 with BN (10 conv layers, max-pool downsampling)",
     ),
+    "vgg8b": Architecture(
+        "plain", 128, "maxpool", units=7, widths=(64, 128, 128, 256, 256, 256), fc=(1024,),
+        positions=(3, 5, 6, 7),
+        summary="Nokland and Eidnes' VGG8b (PredSim): 6 conv layers 128,256,256,512,512,512, "
+        "max-pool after layers 2, 4, 5 and 6, then a 1024-unit fully connected layer",
+    ),
 }  # fmt: skip
 ARCHS = tuple(ARCHITECTURES)
 DEFAULT_RESNET_UNITS = 9  # `resnet` with n_units=0 is ResNet-20
@@ -84,6 +91,8 @@ class UnitSpec:
     bias: bool = False
     batchnorm: bool = True
     shortcut: str = ""  # blocks: "A" or "B"
+    activation: str = "relu"  # plain units: relu or leaky-relu
+    dropout: float = 0.0  # plain units: dropout on the input (the previous unit's output)
 
 
 def architecture(config: Config) -> Architecture:
@@ -176,10 +185,20 @@ def unit_plan(config: Config, size: int, in_channels: int) -> list[UnitSpec]:
     if arch.kind == "resnet":
         plan.append(UnitSpec("stem", c, width, None, size))
         c = width
+    n_convs = unit_count(config) - len(arch.fc)
     for j in range(1, unit_count(config) + 1):
         down = op if j in positions else None
         if down:
             size //= 2
+        if j > n_convs:  # a fully connected unit: maps flattened in, a 1x1 map out
+            fc = arch.fc[j - n_convs - 1]
+            features = c * (4 if down == "invertible" else 1) * size * size  # psi: 4C channels
+            plan.append(
+                UnitSpec("fc", features, fc, down, 1, True, config.batchnorm,
+                         activation=config.activation, dropout=config.dropout)
+            )  # fmt: skip
+            c, size = fc, 1
+            continue
         if arch.widths:
             out = max(1, arch.widths[j - 1] * width // 64)
         elif down and (j > 1 or arch.kind == "resnet"):  # not on the raw image (Belilovsky)
@@ -190,7 +209,11 @@ def unit_plan(config: Config, size: int, in_channels: int) -> list[UnitSpec]:
             plan.append(UnitSpec("block", c, out, down, size, shortcut=resolved_shortcut(config)))
         else:
             bias = _conv_bias(config, j)
-            plan.append(UnitSpec("conv", c, out, down, size, bias, config.batchnorm))
+            dropout = config.dropout if j > 1 else 0.0
+            plan.append(
+                UnitSpec("conv", c, out, down, size, bias, config.batchnorm,
+                         activation=config.activation, dropout=dropout)
+            )  # fmt: skip
         c = out
     return plan
 

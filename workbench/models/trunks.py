@@ -1,4 +1,5 @@
-"""Trunk units (conv layers, residual blocks, the ResNet stem), built from `archs.unit_plan`.
+"""Trunk units (conv layers, fully connected layers, residual blocks, the ResNet stem), built
+from `archs.unit_plan`.
 
 What a trunk is (its units' widths, sizes, downsampling, bias and shortcut type) is decided in
 `archs.py`; this file only turns each UnitSpec into layers.
@@ -14,8 +15,17 @@ from workbench.models.archs import UnitSpec
 from workbench.models.downsampling import make_downsampling
 
 
+def activation(name: str) -> nn.Module:
+    """A plain unit's nonlinearity: ReLU, or leaky ReLU of slope 0.01 (PredSim's recipes)."""
+    return nn.LeakyReLU(0.01) if name == "leaky-relu" else nn.ReLU()
+
+
 class ConvLayer(nn.Module):
-    """One layer of Belilovsky's CNN (and of VGG): x -> ReLU(BN(W P x))."""
+    """One layer of Belilovsky's CNN (and of VGG): x -> act(BN(W P D x)).
+
+    D is dropout of the input, that is of the previous unit's output after that unit's local
+    loss has seen it (PredSim's blocks drop their output once their loss is computed; a
+    channel dropped before a max-pool is the same channel dropped after it)."""
 
     def __init__(
         self,
@@ -24,16 +34,40 @@ class ConvLayer(nn.Module):
         down: str | None,
         batchnorm: bool,
         bias: bool | None = None,  # None: a bias exactly where no BN follows
+        nonlinearity: str = "relu",
+        dropout: float = 0.0,
     ):
         super().__init__()
         pre, factor, stride = make_downsampling(down) if down else (None, 1, 1)
+        self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
         self.down = pre or nn.Identity()
         bias = not batchnorm if bias is None else bias
         self.conv = nn.Conv2d(in_channels * factor, out_channels, 3, stride, 1, bias=bias)
         self.bn = nn.BatchNorm2d(out_channels) if batchnorm else nn.Identity()
+        self.act = activation(nonlinearity)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.bn(self.conv(self.down(x))))
+        return self.act(self.bn(self.conv(self.down(self.dropout(x)))))
+
+
+class FullyConnectedLayer(nn.Module):
+    """A fully connected unit after the convs (VGG8b's 1024): the maps (dropped out and
+    downsampled as a conv layer's input is) flattened, linear, BN, act; its output is a 1x1 map
+    of its width, so heads, objectives and the next unit treat it as any map."""
+
+    def __init__(self, spec: UnitSpec):
+        super().__init__()
+        pre, _, stride = make_downsampling(spec.down) if spec.down else (None, 1, 1)
+        self.dropout = nn.Dropout2d(spec.dropout) if spec.dropout else nn.Identity()
+        # no conv to stride: `stride` keeps every second row and column
+        self.down = pre or (nn.AvgPool2d(1, stride) if stride > 1 else nn.Identity())
+        self.linear = nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
+        self.bn = nn.BatchNorm1d(spec.out_channels) if spec.batchnorm else nn.Identity()
+        self.act = activation(spec.activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.bn(self.linear(self.down(self.dropout(x)).flatten(1))))
+        return h[:, :, None, None]
 
 
 class ZeroPadShortcut(nn.Module):
@@ -109,4 +143,9 @@ def build_unit(spec: UnitSpec) -> nn.Module:
         return stem(spec.in_channels, spec.out_channels)
     if spec.kind == "block":
         return BasicBlock(spec.in_channels, spec.out_channels, spec.down, spec.shortcut)
-    return ConvLayer(spec.in_channels, spec.out_channels, spec.down, spec.batchnorm, spec.bias)
+    if spec.kind == "fc":
+        return FullyConnectedLayer(spec)
+    return ConvLayer(
+        spec.in_channels, spec.out_channels, spec.down, spec.batchnorm, spec.bias,
+        spec.activation, spec.dropout,
+    )  # fmt: skip

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.config import Config, ConfigError
-from workbench.presets import belilovsky, dgl, infopro, ma, quick, trgl
+from workbench.presets import belilovsky, dgl, infopro, ma, predsim, quick, trgl
 from workbench.presets.preset import NON_EXPERIMENT_FIELDS, Preset
 
 PRESETS: dict[str, Preset] = {
@@ -27,6 +27,7 @@ PRESETS: dict[str, Preset] = {
     **trgl.PRESETS,
     **ma.PRESETS,
     **infopro.PRESETS,
+    **predsim.PRESETS,
 }
 
 __all__ = ["NON_EXPERIMENT_FIELDS", "PRESETS", "Preset", "paper_presets", "preset"]

@@ -12,6 +12,7 @@ ne1 = `epochs`, and multilap gives module k those extra epochs in every lap (TRG
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -62,6 +63,9 @@ def learning_rate(config: Config, epoch: float, total_epochs: int | None = None)
     """The lr after `epoch` (fractional) of a module's `total_epochs` (default config.epochs)."""
     if config.lr_schedule == "step":
         return config.lr * config.lr_decay ** int(epoch // config.lr_step)
+    if config.lr_schedule == "milestones":  # local-loss: decayed from each milestone epoch on
+        milestones = [int(e) for e in config.lr_milestones.split(",")]
+        return config.lr * config.lr_decay ** bisect.bisect_right(milestones, int(epoch))
     if config.lr_schedule == "cosine":
         span = total_epochs or config.epochs
         return config.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / span, 1.0)))

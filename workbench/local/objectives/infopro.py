@@ -74,21 +74,26 @@ def aux_1c2f(channels: int, out: int, last_stage: bool) -> nn.Sequential:
 
 
 class InfoProHead(nn.Module):
-    """A local module's auxiliary net and decoder; forward gives the logits evaluation reads."""
+    """A local module's auxiliary net and decoder. forward(h) gives the logits evaluation
+    reads; forward(h, parts=True) everything the loss reads, in one call (so that a
+    DDP-wrapped head all-reduces every part's gradients): (aux output, logits, decoded image).
+    """
 
     def __init__(self, aux: nn.Module, decoder: Decoder, readout: nn.Module | None = None):
         super().__init__()
         self.aux, self.decoder = aux, decoder
         self.readout = readout  # contrast mode: class logits from the detached features
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, parts: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         features = self.aux(h)
-        return features if self.readout is None else self.readout(features.detach())
+        logits = features if self.readout is None else self.readout(features.detach())
+        return (features, logits, self.decoder(h)) if parts else logits
 
 
 class Objective(objective.Objective):
     needs = frozenset({"output", "labels", "image"})
     summary = "InfoPro: reconstruct the image and predict the label (softmax mode)"
+    own_heads = True
 
     def lambdas(self) -> tuple[float, float]:
         """(lambda1, lambda2) of this module: from (ixx_1, ixy_1) at the first local module to
@@ -119,12 +124,13 @@ class Objective(objective.Objective):
             return objective.LocalLoss(ce, ce, logits)
         assert batch.image is not None
         ixx, ixy = self.lambdas()
-        reconstruction = binary_cross_entropy(head.decoder(batch.output), batch.image)
-        term, logits, readout = self.aux_term(head, batch)
+        features, logits, decoded = head(batch.output, parts=True)
+        reconstruction = binary_cross_entropy(decoded, batch.image)
+        term, readout = self.aux_term(features, logits, batch.labels)
         loss = ixx * reconstruction + ixy * term
         return objective.LocalLoss(loss + readout, loss, logits)
 
-    def aux_term(self, head: nn.Module, batch: objective.LocalBatch) -> tuple[Tensor, ...]:
-        """(the auxiliary term, the logits, a read-out's own loss to add: 0 here)."""
-        logits = head.aux(batch.output)
-        return F.cross_entropy(logits, batch.labels), logits, logits.new_zeros(())
+    def aux_term(self, features: Tensor, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(the auxiliary term, a read-out's own loss to add: none here, the aux net's output
+        is the logits)."""
+        return F.cross_entropy(features, labels), features.new_zeros(())

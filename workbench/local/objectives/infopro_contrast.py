@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.local import objective
 from workbench.local.objectives import infopro
 from workbench.models.heads import HeadSpec
 
@@ -46,8 +45,6 @@ class Objective(infopro.Objective):
             head.readout = nn.Linear(infopro.FEATURE_DIM, spec.num_classes)
         return head
 
-    def aux_term(self, head: nn.Module, batch: objective.LocalBatch) -> tuple[Tensor, ...]:
-        features = head.aux(batch.output)
-        term = supervised_contrastive(F.normalize(features.float(), dim=1), batch.labels)
-        logits = head.readout(features.detach())
-        return term, logits, F.cross_entropy(logits, batch.labels)
+    def aux_term(self, features: Tensor, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        term = supervised_contrastive(F.normalize(features.float(), dim=1), labels)
+        return term, F.cross_entropy(logits, labels)  # the read-out learns from its logits
