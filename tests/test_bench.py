@@ -10,6 +10,7 @@ import torch
 from workbench.bench import tensor_memory
 from workbench.cli import main
 from workbench.config import Config
+from workbench.local.objectives import OBJECTIVES
 from workbench.models import build_model, forward_flops
 
 METHODS = ("sequential", "parallel", "end-to-end")
@@ -34,14 +35,15 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
         assert len(per_module) == methods["n_modules"] and all(map(_positive, per_module))
 
     memory = r["memory"]
-    assert memory["n_modules"] >= 8
-    assert all(memory[m]["peak_bytes"] > 0 for m in METHODS)
-    assert set(memory["ratio_to_end_to_end"]) == {
-        "sequential",
-        "parallel",
-        "sequential, prefix with grad",
-    }
-    assert all(map(_positive, memory["ratio_to_end_to_end"].values()))
+    assert memory["n_modules"] == [2, 4, 8]
+    variants = ["end-to-end", "end-to-end, checkpointed", "sequential",
+                "sequential, prefix with grad", "parallel"]  # fmt: skip
+    variants += [f"parallel, {name}" for name in OBJECTIVES if name != "cross-entropy"]
+    rows = {(row["variant"], row["n_modules"]): row for row in memory["rows"]}
+    assert set(rows) == {(v, k) for v in variants for k in (2, 4, 8)}
+    assert all(r["peak_bytes"] > 0 and _positive(r["ratio_to_end_to_end"]) for r in rows.values())
+    assert all(rows["end-to-end", k]["ratio_to_end_to_end"] == 1.0 for k in (2, 4, 8))
+    assert "| parallel, infopro-contrast |" in (tmp_path / "bench.md").read_text()
 
     rows = r["depth"]["rows"]
     assert [row["n_modules"] for row in rows] == [2, 4, 8]
@@ -107,3 +109,14 @@ def test_tensor_memory_tracks_allocations_until_they_are_freed():
     assert tracked.peak == 1_000_000
     assert tracked.live == 500_000
     del d
+
+
+def test_a_configs_training_peak_is_measured_as_the_bench_measures_it(tmp_path):
+    from workbench.bench.memory import training_peak_bytes
+
+    config = Config(n_train=256, width=8, n_modules=3, method="parallel", objective="infopro",
+                    device="cpu", out=str(tmp_path / "unused"))  # fmt: skip
+    peak = training_peak_bytes(config)
+    assert isinstance(peak, int) and peak > 0
+    assert training_peak_bytes(config) == peak  # tensor bytes: the same every time
+    assert not (tmp_path / "unused").exists()  # it trains in a folder of its own, then drops it

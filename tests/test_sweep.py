@@ -238,7 +238,7 @@ def test_bad_grids_are_refused_in_one_line_before_anything_runs(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "workbench sweep: error: grid point arch-resnet21: arch: got 'resnet21'; allowed: "
-        "greedy-cnn, resnet20, resnet32, resnet56, resnet110, resnet, resnet18, vgg11, vgg13"
+        "greedy-cnn, resnet20, resnet32, resnet56, resnet110, resnet, resnet18, vgg11, vgg13, vgg8b"
     ]
     assert not (tmp_path / "cli").exists()
 

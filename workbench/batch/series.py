@@ -137,12 +137,14 @@ class Series:
         return out
 
     def headline(self) -> list[dict[str, Any]]:
-        """Per variant: the last module's and the layer ensemble's accuracy, mean and sd."""
+        """Per variant: the last module's and the layer ensemble's accuracy, the wall time and
+        the peak memory, mean and sd."""
         out = []
         for variant in self.variants:
             firsts = [r for r in self.results if r["variant"] == variant and r["module"] == 1]
             row: dict[str, Any] = {"variant": variant, "seeds": len(firsts)}
-            for metric in ("final_test_acc", "ensemble_test_acc", "wall_time_s"):
+            for metric in ("final_test_acc", "ensemble_test_acc", "wall_time_s",
+                           "peak_memory_bytes"):  # fmt: skip
                 values = [r[metric] for r in firsts if r.get(metric) is not None]
                 if values:
                     row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_and_spread(values)
@@ -218,7 +220,7 @@ def _number(key: str, value: str) -> Any:
     if key in ("variant", "run_dir"):
         return value
     try:
-        return int(value) if key in ("seed", "module") else float(value)
+        return int(value) if key in ("seed", "module", "peak_memory_bytes") else float(value)
     except ValueError:
         return value
 
@@ -244,6 +246,7 @@ def series_results(runs: Mapping[tuple[str, int], str | Path]) -> list[dict[str,
                 final_test_acc=summary.get("final_test_acc"),
                 ensemble_test_acc=summary.get("ensemble_test_acc"),
                 wall_time_s=summary.get("wall_time_s"),
+                peak_memory_bytes=summary.get("peak_memory_bytes"),
                 run_dir=str(path),
             )
             rows.append(row)

@@ -52,7 +52,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--arch", default="greedy-cnn", help="default greedy-cnn")
     arg("--width", type=int, help="first layer's width (quick: 8; default: the arch's)")
     arg("--n-modules", type=int, default=4, help="modules of the network (default 4)")
-    arg("--memory-modules", type=int, default=8, help="modules of the deep net (default 8)")
+    arg("--memory-modules", default="2,4,8",
+        help="module counts the memory section cuts the net into (default 2,4,8)")  # fmt: skip
     arg("--depths", help="module counts to scale over (quick: 2,4,8; default: 2,4,8,16)")
     arg("--batch-size", type=int, default=128, help="default 128")
     arg("--n-train", type=int, help="training images (quick: 256; default: all)")

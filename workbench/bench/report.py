@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.bench.common import METHODS, WITH_GRAD
+from workbench.bench.common import METHODS
 from workbench.bench.ddp import ddp_markdown
+from workbench.bench.memory import memory_markdown
 from workbench.bench.pipeline import pipeline_markdown
 
 
@@ -18,10 +19,6 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _mib(n: float) -> float:
-    return n / 2**20
 
 
 def loader_markdown(lo: dict[str, Any]) -> list[str]:
@@ -84,16 +81,8 @@ def to_markdown(r: dict[str, Any]) -> str:
             _table(["module", *METHODS], per_module),
         ]
     mem = r["memory"]
-    if "skipped" not in mem:
-        rows = [
-            [name, _mib(mem[name]["peak_bytes"]), mem["ratio_to_end_to_end"].get(name, 1.0)]
-            for name in (*METHODS, WITH_GRAD)
-        ]
-        parts += [
-            f"## Peak training memory, {mem['n_modules']} modules",
-            _table(["method", "peak MiB", "layer-wise / end-to-end"], rows),
-            f"Measured as: {mem['how']}.",
-        ]
+    if "rows" in mem:
+        parts += memory_markdown(mem)
     d = r["depth"]
     if "skipped" not in d:
         rows = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import shutil
@@ -18,20 +17,22 @@ from workbench.bench.common import (
     METHODS,
     SECTIONS,
     SIZES,
-    WITH_GRAD,
     median_parts,
     median_total,
 )
 from workbench.bench.ddp import DDPSections
 from workbench.bench.fast_paths import FastPathSections
 from workbench.bench.loader import LoaderSections
+from workbench.bench.memory import MemorySections
 from workbench.bench.pipeline import PipelineSections
 from workbench.bench.runs import RunSections
-from workbench.bench.variants import tensor_memory, variant_class
+from workbench.bench.variants import variant_class
 from workbench.models.flops import forward_flops
 
 
-class Bench(RunSections, FastPathSections, PipelineSections, DDPSections, LoaderSections):
+class Bench(
+    RunSections, MemorySections, FastPathSections, PipelineSections, DDPSections, LoaderSections
+):
     """One benchmark run: the flags, the device, the data, and the results as they come."""
 
     def __init__(self, args: argparse.Namespace):
@@ -70,7 +71,12 @@ class Bench(RunSections, FastPathSections, PipelineSections, DDPSections, Loader
             raise ConfigError(
                 f"depths: got {pick['depths']!r}; allowed: module counts like 2,4,8,16"
             ) from None
-        self.memory_modules = args.memory_modules
+        try:
+            self.memory_modules = [int(k) for k in str(args.memory_modules).split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"memory_modules: got {args.memory_modules!r}; allowed: module counts like 2,4,8"
+            ) from None
         self.peak_tflops = args.peak_tflops
         self.config = Config.from_dict(
             {
@@ -213,60 +219,6 @@ class Bench(RunSections, FastPathSections, PipelineSections, DDPSections, Loader
                 **self.tflops(total),
             }
         return out
-
-    def memory(self) -> dict[str, Any]:
-        """Peak memory of two training steps per phase of each method, on a deep network."""
-        config = self.config.replace(n_modules=self.deepest(self.memory_modules))
-        steps = 2 * config.batch_size
-        data = dataclasses.replace(
-            self.data, train_x=self.data.train_x[:steps], train_y=self.data.train_y[:steps]
-        )
-        out: dict[str, Any] = {"n_modules": config.n_modules, "how": self.memory_how()}
-        variants = [(m, m, {}) for m in METHODS]  # (label, method, Variant options)
-        variants.append((WITH_GRAD, "sequential", {"prefix_mode": "grad"}))
-        for label, method, options in variants:
-            trainer = self.trainer(config.replace(method=method), data)
-            trainer.set_options(**options)
-            params = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
-            out[label] = {**self.peak_memory(trainer), "parameter_bytes": params}
-            del trainer
-        e2e = out["end-to-end"]["peak_bytes"]
-        out["ratio_to_end_to_end"] = {
-            label: out[label]["peak_bytes"] / e2e for label, *_ in variants if label != "end-to-end"
-        }
-        return out
-
-    def memory_how(self) -> str:
-        if self.device.type == "cuda":
-            return (
-                "CUDA max_memory_allocated, reset before each method; peak_bytes is the peak "
-                "minus what was allocated before its first step (weights, resident data)"
-            )
-        return (
-            "bytes of the tensors allocated during training (a TorchDispatchMode counting new "
-            "output storages until they are freed), peak over the steps; weights and data made "
-            "before the first step are not counted"
-        )
-
-    def peak_memory(self, trainer: Any) -> dict[str, int]:
-        """Peak bytes that training every phase (then releasing it, as fit does) allocates."""
-        torch = self.torch
-
-        def train() -> None:
-            for phase in trainer.phases:
-                trainer.train_pass(phase, 0)
-                trainer.end_phase(phase)
-
-        if self.device.type == "cuda":
-            self.sync()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            before = torch.cuda.memory_allocated(self.device)
-            train()
-            peak = torch.cuda.max_memory_allocated(self.device)
-            return {"peak_bytes": peak - before, "cuda_max_allocated_bytes": peak}
-        with tensor_memory() as tracked:
-            train()
-        return {"peak_bytes": tracked.peak}
 
     def deepest(self, wanted: int) -> int:
         """`wanted` modules, or as many as the architecture has blocks."""

@@ -23,10 +23,15 @@ def variant_class() -> type:
             resident=None,
             memory_format: str | None = None,
             compile_evaluation: bool = False,
+            checkpoint: int = 0,
         ) -> None:
             import torch
 
             self.prefix_mode, self.sync_each_step = prefix_mode, sync_each_step
+            if checkpoint:  # recomputed in backward, in `checkpoint` segments (memory section)
+                from workbench.bench.memory import checkpointed
+
+                self.trained = [checkpointed(m, checkpoint) for m in self.trained]
             if memory_format is not None:  # NHWC or NCHW whatever the device's default
                 self.memory_format = getattr(torch, memory_format)
                 self.model.to(memory_format=self.memory_format)
