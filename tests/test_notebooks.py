@@ -24,6 +24,7 @@ OWNED = [
     "greedy_layerwise.ipynb",
     "why_layerwise_fails_to_scale.ipynb",
     "kinetic_regularization.ipynb",
+    "local_objectives.ipynb",
 ]
 PAPERMILL = str(Path(sys.executable).parent / "papermill")
 TINY = {"n_train": 200, "n_test": 100, "epochs": 1, "width": 4, "device": "cpu"}
@@ -136,6 +137,8 @@ TEACHING = {  # name: (tiny parameters, runs' modules per seed (a run each), pro
     # end to end and K=2 have 2 modules; K=big_k and its accelerated twin have 3
     "why_layerwise_fails_to_scale.ipynb": ({"n_units": 3, "big_k": 3}, [2, 2, 3, 3], True),
     "kinetic_regularization.ipynb": ({"n_units": 3, "taus": [1.0]}, [3, 3], False),
+    # six variants (end to end, greedy, InfoPro x 2, PredSim, kinetic), each in 2 modules
+    "local_objectives.ipynb": ({"n_units": 3, "n_modules": 2}, [2] * 6, False),
 }
 
 
@@ -168,6 +171,11 @@ def test_teaching_notebook_runs_its_variants_with_tiny_parameters(tmp_path, name
     assert len(summary) == sum(modules) and "test_acc_sd" in summary[0]
     assert (lesson / "depth.html").is_file()
     assert (lesson / "separability.html").is_file() == probes
+    if name == "local_objectives.ipynb":  # each variant's training peak, as the bench measures
+        with open(lesson / "memory.csv") as f:
+            memory = list(csv.DictReader(f))
+        assert [r["variant"] for r in memory][:2] == ["end to end", "greedy cross-entropy"]
+        assert len(memory) == 6 and all(int(r["peak_bytes"]) > 0 for r in memory)
     text = outputs_text(output)
     assert "not shown: fewer than 3 seeds" in text  # the verdicts are printed, honestly
     assert output.stat().st_size < 1_000_000
