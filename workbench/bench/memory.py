@@ -181,7 +181,8 @@ def memory_markdown(mem: dict[str, Any]) -> list[str]:
     cells: dict[str, dict[int, str]] = {}
     for row in mem["rows"]:
         mib, ratio = row["peak_bytes"] / 2**20, row["ratio_to_end_to_end"]
-        cells.setdefault(row["variant"], {})[row["n_modules"]] = f"{mib:.3g} ({ratio:.2f}x)"
+        size = f"{mib:,.0f}" if mib >= 100 else f"{mib:.3g}"
+        cells.setdefault(row["variant"], {})[row["n_modules"]] = f"{size} ({ratio:.2f}x)"
     lines = ["| variant | " + " | ".join(f"K = {k}" for k in counts) + " |"]
     lines.append("|" + "---|" * (len(counts) + 1))
     for variant, by_k in cells.items():

@@ -91,9 +91,11 @@ class Objective:
 
     def build_head(self, spec: HeadSpec) -> nn.Module:
         """Module k's head; its forward gives the logits evaluation, the ensemble and the
-        probes read. The auxiliary classifier of the config's family and depth by default;
-        with `dropout`, the last one reads the last unit's output dropped out, as every other
-        unit's output is before the next unit reads it."""
+        probes read (a loss that reads several of the head's parts gets them from one call of
+        the head: under torchrun DDP wraps it and all-reduces only what its forward computed).
+        The auxiliary classifier of the config's family and depth by default; with `dropout`,
+        the last one reads the last unit's output dropped out, as every other unit's output is
+        before the next unit reads it."""
         head = build_head(spec)
         if self.last and self.config.dropout:
             return nn.Sequential(nn.Dropout2d(self.config.dropout), head)

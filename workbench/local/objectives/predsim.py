@@ -6,8 +6,11 @@ anokland/local-loss, train.py's LocalLossBlockConv): each module learns from
 S the adjusted cosine similarity matrix of the batch (their `similarity_matrix`: a conv map is
 first reduced to each channel's standard deviation over its positions), `conv_loss` a 3x3
 conv, `pool` an average pool that brings the features down to at most `dim_in_decoder` values
-(their kernel search), `decoder_y` a linear layer with zero initial weights. pred.py and sim.py
-are their `--loss-sup pred` and `--loss-sup sim`.
+(their kernel search), `decoder_y` a linear layer with zero initial weights. The last module
+also trains the net's output layer on its detached output by (1 - beta) x cross-entropy, as
+their train.py scales the global loss (so their Adam, `optimizer adam`, is what it learns
+with; SGD's step would shrink with the scale). pred.py and sim.py are their `--loss-sup pred`
+and `--loss-sup sim`.
 """
 
 from __future__ import annotations
