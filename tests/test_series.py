@@ -88,6 +88,43 @@ def test_run_series_trains_each_variant_per_seed_and_reuses_finished_runs(tmp_pa
     again = run_series(base, variants, tmp_path, seeds=[0, 1])
     assert capsys.readouterr().out.count("(finished before: reused)") == 4
     assert again.results == series.results
+    # the network's test accuracy after each epoch: a curve per run, over the training budget
+    # (sequential: module 2, the network's last, trains in the run's epochs 4 to 6)
+    assert len(series.curves) == 2 * 2 * 3 and {r["epoch"] for r in series.curves} == {4, 5, 6}
+    last = {(r["variant"], r["seed"]): r["test_acc"] for r in series.curves if r["epoch"] == 6}
+    assert last == {(r["variant"], r["seed"]): r["test_acc"] for r in series.results
+                    if r["module"] == 2}  # fmt: skip
+    assert "budget" in series.figures and len(series.curve_summary()) == 2 * 3
     # a changed parameter trains new runs in new folders instead of clashing with the old ones
     run_series(base.replace(epochs=1), {"k=1": {"aux_depth": 1}}, tmp_path, seeds=[0])
     assert len(list(tmp_path.iterdir())) == 5
+
+
+def curve_series(curves: dict[str, dict[int, list[float]]]) -> Series:
+    """A Series of curves only: {variant: {seed: accuracy after epoch 1, 2, ...}}."""
+    rows = [
+        {"variant": v, "seed": seed, "epoch": e, "test_acc": acc}
+        for v, by_seed in curves.items()
+        for seed, accs in by_seed.items()
+        for e, acc in enumerate(accs, start=1)
+    ]
+    return Series([], list(curves), curves=rows)
+
+
+def test_the_crossing_of_two_budget_curves_is_said_from_the_runs():
+    series = curve_series({
+        "end to end": {0: [0.30, 0.40, 0.50, 0.60], 1: [0.32, 0.42, 0.52, 0.62]},
+        "layer-wise": {0: [0.40, 0.45, 0.48, 0.50], 1: [0.42, 0.47, 0.50, 0.52]},
+    })  # fmt: skip
+    said = series.crossing("end to end", "layer-wise")
+    assert said.startswith("end to end overtakes layer-wise between 2 and 3 epochs (the curves")
+    assert "at 4 epochs end to end leads by 0.100 (spread 0.020: larger)" in said
+    assert series.crossing("layer-wise", "end to end") == said  # named by who leads
+    summary = series.curve_summary()
+    assert summary[0] == {"variant": "end to end", "epoch": 1, "test_acc_mean": pytest.approx(0.31),
+                          "test_acc_sd": pytest.approx(0.01414, abs=1e-4), "seeds": 2}  # fmt: skip
+    ahead = curve_series({"a": {0: [0.5, 0.6]}, "b": {0: [0.4, 0.55]}})
+    assert ahead.crossing("a", "b").startswith("no crossing within 2 epochs: a leads at every")
+    assert "spread 0.000: larger" in ahead.crossing("a", "b")
+    lone = curve_series({"a": {0: [0.5]}, "b": {}})
+    assert lone.crossing("a", "b") == "a and b: no common budget measured"

@@ -25,7 +25,7 @@ from typing import Any
 from workbench.batch.compare import read_json, write_csv
 from workbench.batch.notebook import EpochPrinter
 from workbench.config import DEFAULTS, FIELD_INFO, Config
-from workbench.records import RESUMABLE_DIFFERENCES, Status
+from workbench.records import RESUMABLE_DIFFERENCES, Status, read_metrics
 
 # Results of full-scale runs (a results.csv each, named after its notebook), committed when one
 # exists, so a notebook can draw the paper-scale result beside the laptop one.
@@ -112,6 +112,8 @@ class Series:
     results: list[dict[str, Any]]  # one row per run and module: variant, seed, module, test_acc...
     variants: list[str]
     figures: dict[str, Any] = field(default_factory=dict)
+    # one row per run and epoch: the network's (last module's) test accuracy after that epoch
+    curves: list[dict[str, Any]] = field(default_factory=list)
 
     def values(self, variant: str, module: int = -1, metric: str = "test_acc") -> list[float]:
         """`metric` of `variant` at `module` (1-indexed; -1 the last) over its seeds."""
@@ -181,6 +183,44 @@ class Series:
         (mb, sb), (mw, sw) = mean_and_spread(b), mean_and_spread(w)
         return Effect(claim, mb, mw, math.hypot(sb, sw), min(len(b), len(w)))
 
+    def curve_summary(self) -> list[dict[str, Any]]:
+        """Per variant and epoch: the network's test accuracy, mean and sd over the seeds."""
+        out = []
+        for variant in self.variants:
+            rows = [r for r in self.curves if r["variant"] == variant]
+            for epoch in sorted({r["epoch"] for r in rows}):
+                values = [r["test_acc"] for r in rows if r["epoch"] == epoch]
+                mean, sd = mean_and_spread(values)
+                out.append({"variant": variant, "epoch": epoch, "test_acc_mean": mean,
+                            "test_acc_sd": sd, "seeds": len(values)})  # fmt: skip
+        return out
+
+    def crossing(self, a: str, b: str) -> str:
+        """Where `a`'s accuracy-against-budget curve crosses `b`'s (their means), in words:
+        the last budget at which the leader changes, and whether the final lead exceeds the
+        spread; or that one leads at every budget measured."""
+        by = {(r["variant"], r["epoch"]): r for r in self.curve_summary()}
+        epochs = sorted(e for v, e in by if v == a and (b, e) in by)
+        if not epochs:
+            return f"{a} and {b}: no common budget measured"
+        diffs = [by[a, e]["test_acc_mean"] - by[b, e]["test_acc_mean"] for e in epochs]
+        last = epochs[-1]
+        spread = math.hypot(by[a, last]["test_acc_sd"], by[b, last]["test_acc_sd"])
+        ahead, behind = (a, b) if diffs[-1] > 0 else (b, a)  # at the largest budget
+        end = (
+            f"at {last} epochs {ahead} leads by {abs(diffs[-1]):.3f} (spread {spread:.3f}: "
+            + ("larger" if abs(diffs[-1]) > spread else "not larger")
+            + ")"
+        )
+        changes = [i for i in range(1, len(diffs)) if (diffs[i] > 0) != (diffs[i - 1] > 0)]
+        if not changes:
+            return f"no crossing within {last} epochs: {ahead} leads at every budget; {end}"
+        i = changes[-1]
+        return (
+            f"{ahead} overtakes {behind} between {epochs[i - 1]} and {epochs[i]} epochs "
+            f"(the curves cross {len(changes)} time{'s' if len(changes) > 1 else ''}); {end}"
+        )
+
     def show(self, full_scale: Series | None = None) -> None:
         """Display the figures as figure JSON (plotly_mimetype): small, no widget state.
 
@@ -209,11 +249,11 @@ class Series:
         folder = Path(folder)
         write_csv(folder / "results.csv", self.results)
         write_csv(folder / "summary.csv", self.summary())
-        return [
-            folder / "results.csv",
-            folder / "summary.csv",
-            *save_figures(self.figures, folder, png=png),
-        ]
+        saved = [folder / "results.csv", folder / "summary.csv"]
+        if self.curves:
+            write_csv(folder / "curves.csv", self.curves)
+            saved.append(folder / "curves.csv")
+        return [*saved, *save_figures(self.figures, folder, png=png)]
 
 
 def _number(key: str, value: str) -> Any:
@@ -253,6 +293,23 @@ def series_results(runs: Mapping[tuple[str, int], str | Path]) -> list[dict[str,
     return rows
 
 
+def series_curves(runs: Mapping[tuple[str, int], str | Path]) -> list[dict[str, Any]]:
+    """One row per run and epoch: the test accuracy of the run's last module after each of its
+    epochs, numbered as the run counts them (global_epoch: for parallel and end-to-end runs
+    epochs of the whole net, the budget axis on which they compare; sequentially, the last
+    module's epochs come after every earlier module's)."""
+    rows = []
+    for (variant, seed), path in runs.items():
+        tests = [r for r in read_metrics(Path(path)) if r.get("split") == "test"]
+        last = max((r["module"] for r in tests), default=0)
+        rows += [
+            {"variant": variant, "seed": seed, "epoch": r["global_epoch"], "test_acc": r["acc"]}
+            for r in tests
+            if r["module"] == last
+        ]
+    return rows
+
+
 def series_figures(series: Series, full_scale: Series | None = None) -> dict[str, Any]:
     """Accuracy against depth with error bars (mean +- sd over seeds); probes when measured.
 
@@ -265,6 +322,12 @@ def series_figures(series: Series, full_scale: Series | None = None) -> dict[str
     figures = {
         "depth": depth_band_figure(summary, "test_acc", "Test accuracy against depth", reference)
     }
+    if series.curves:
+        from workbench.ui.plots import budget_band_figure
+
+        figures["budget"] = budget_band_figure(
+            series.curve_summary(), "The network's test accuracy against its training budget"
+        )
     if any("probe_acc_mean" in r for r in summary):
         figures["separability"] = depth_band_figure(
             summary, "probe_acc", "Linear separability (probe accuracy) against depth", reference
@@ -290,7 +353,7 @@ def run_series(
         summary = run_experiment(config, callbacks=[printer])
         if summary.get("status") != Status.FINISHED:
             raise RuntimeError(f"{label}, seed {seed}: the run ended as {summary.get('status')}")
-    results = series_results({key: c.out for key, c in configs.items()})
-    series = Series(results, list(variants))
+    folders = {key: c.out for key, c in configs.items()}
+    series = Series(series_results(folders), list(variants), curves=series_curves(folders))
     series.figures = series_figures(series)
     return series

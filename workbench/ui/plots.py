@@ -280,3 +280,30 @@ def depth_band_figure(
         pad = 0.05 * max(0.05, max(highs) - min(lows))
         fig.update_yaxes(range=[max(0.0, min(lows) - pad), min(1.02, max(highs) + pad)])
     return _layout(fig, title or "Test accuracy against depth", "module", "mean accuracy (+- sd)")
+
+
+def budget_band_figure(
+    curves: Sequence[Mapping[str, Any]], title: str = "", x_title: str = "training budget (epochs)"
+) -> go.Figure:
+    """Mean test accuracy of each variant's network against its training budget, with a band
+    of one sd over the seeds. `curves` rows hold variant, epoch, test_acc_mean, test_acc_sd
+    (Series.curve_summary())."""
+    fig = go.Figure()
+    for i, variant in enumerate(dict.fromkeys(r["variant"] for r in curves)):
+        rows = [r for r in curves if r["variant"] == variant]
+        x = [r["epoch"] for r in rows]
+        mean = [r["test_acc_mean"] for r in rows]
+        sd = [r.get("test_acc_sd", 0.0) for r in rows]
+        color = COLORS[i % len(COLORS)]
+        fig.add_scatter(
+            x=x + x[::-1],
+            y=[m + s for m, s in zip(mean, sd)] + [m - s for m, s in zip(mean, sd)][::-1],
+            fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0),
+            hoverinfo="skip", showlegend=False,
+        )  # fmt: skip
+        fig.add_scatter(
+            x=x, y=mean, mode="lines+markers", line=dict(color=color),
+            name=f"{variant} (n={rows[0].get('seeds', '?')})",
+        )  # fmt: skip
+    title = title or "Test accuracy against training budget"
+    return _layout(fig, title, x_title, "mean accuracy (+- sd)")
