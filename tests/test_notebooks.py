@@ -25,6 +25,7 @@ OWNED = [
     "why_layerwise_fails_to_scale.ipynb",
     "kinetic_regularization.ipynb",
     "local_objectives.ipynb",
+    "what_is_local_learning.ipynb",
 ]
 PAPERMILL = str(Path(sys.executable).parent / "papermill")
 TINY = {"n_train": 200, "n_test": 100, "epochs": 1, "width": 4, "device": "cpu"}
@@ -246,3 +247,27 @@ def test_compare_notebook_over_runs_labels_them_and_draws_epochs_and_depth(tmp_p
         assert all(label in html for label in labels), stem
     assert "allow_modified_copy" not in text  # neither a label nor a column
     assert output.stat().st_size < 1_000_000
+
+
+def test_what_is_local_learning_shows_each_piece_with_tiny_parameters(tmp_path):
+    """The first notebook a class opens: gradients stop at module boundaries, memory against
+    depth, psi's exact inverse on a real image, the blocks' kinetic energy with and without
+    the term; it writes results.csv, energies.csv and memory.csv."""
+    output = tmp_path / "what.ipynb"
+    parameters = {"dataset": "mnist-5k", "n_train": 200, "n_test": 100, "n_units": 3,
+                  "width": 4, "depths": [3, 6], "epochs": [1], "seeds": [0, 1],
+                  "out_dir": "lesson", "device": "cpu"}  # fmt: skip
+    run_papermill(NOTEBOOKS / "what_is_local_learning.ipynb", output, parameters, tmp_path)
+    text = outputs_text(output)
+    assert "the inverse gives the image back exactly: True" in text
+    assert "layer-wise" in text and "[1, 2, 3]" in text  # end to end reaches every module
+    assert output_errors(output) == []
+    lesson = tmp_path / "lesson"
+    with open(lesson / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2 * 2 * 3  # 2 variants x 2 seeds x 3 modules
+    with open(lesson / "energies.csv") as f:
+        energies = list(csv.DictReader(f))
+    assert len(energies) == 2 * 2 * 3 and all(float(r["energy"]) > 0 for r in energies)
+    with open(lesson / "memory.csv") as f:
+        assert [r["blocks"] for r in csv.DictReader(f)] == ["3", "6"]
+    assert "not shown: fewer than 3 seeds" in text  # the energy claim, honestly
