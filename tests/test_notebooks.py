@@ -134,17 +134,25 @@ def test_experiment_notebook_trains_saves_figures_and_stays_small(tmp_path):
 
 
 TEACHING = {  # name: (tiny parameters, runs' modules per seed (a run each), probes)
-    "greedy_layerwise.ipynb": ({"n_modules": 2}, [2, 2, 2], False),
-    # end to end and K=2 have 2 modules; K=n_units and its accelerated twin have 3; the size
-    # chooser gets a tiny budget (the smallest size), and the parameters override it anyway
+    "greedy_layerwise.ipynb": ({"n_modules": 2, "budget_minutes": 0.1}, [2, 2, 2], False),
+    # end to end and K=2 have 2 modules; K=n_units and its accelerated twin have 3. Every
+    # notebook's size chooser gets a tiny budget (its smallest size); TINY overrides it anyway
     "why_layerwise_fails_to_scale.ipynb": (
         {"n_units": 3, "budget_minutes": 0.1},
         [2, 2, 3, 3],
         True,
     ),
-    "kinetic_regularization.ipynb": ({"n_units": 3, "taus": [1.0]}, [3, 3], False),
+    "kinetic_regularization.ipynb": (
+        {"n_units": 3, "taus": [1.0], "budget_minutes": 0.1},
+        [3, 3],
+        False,
+    ),
     # six variants (end to end, greedy, InfoPro x 2, PredSim, kinetic), each in 2 modules
-    "local_objectives.ipynb": ({"n_units": 3, "n_modules": 2}, [2] * 6, False),
+    "local_objectives.ipynb": (
+        {"n_units": 3, "n_modules": 2, "budget_minutes": 0.1},
+        [2] * 6,
+        False,
+    ),
 }
 
 
