@@ -70,9 +70,10 @@ def series_seconds(
     return total
 
 
-def measured_flops_per_s(config: Config, steps: int = 3) -> float:
+def measured_flops_per_s(config: Config, steps: int = 3, repeats: int = 3) -> float:
     """FLOP/s this device reaches training `config`'s whole network end to end on random
-    batches (the first, warm-up step untimed): the speed the cost model's FLOPs run at."""
+    batches (the first, warm-up step untimed): the best of `repeats` timings of `steps`
+    steps, so that a moment's load on a shared machine does not shrink the size chosen."""
     import torch
     import torch.nn.functional as F
 
@@ -95,15 +96,20 @@ def measured_flops_per_s(config: Config, steps: int = 3) -> float:
             h = module(h)
         F.cross_entropy(model.heads[-1](h), y).backward()
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return steps * per_step / max(time.perf_counter() - start, 1e-9)
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return steps * per_step / max(best, 1e-9)
 
 
 Variants = Mapping[str, Mapping[str, Any]]
