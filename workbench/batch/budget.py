@@ -55,18 +55,12 @@ def series_seconds(
     flops_per_s: float,
 ) -> float:
     """Estimated seconds for every variant of `base`, `seeds` times each."""
-    from workbench.training.estimate import DATASET_SIZES, CostModel
-    from workbench.training.methods import plan
+    from workbench.training.estimate import run_flops
 
     total = 0.0
     for changes in variants.values():
-        config = base.replace(**changes)
-        n_train, n_test = DATASET_SIZES.get(config.dataset, (50000, 10000))
-        n_train = min(config.n_train, n_train) if config.n_train > 0 else n_train
-        n_test = min(config.n_test, n_test) if config.n_test > 0 else n_test
-        classes = config.dataset_info.num_classes or 10
-        cost = CostModel.of(config, classes, n_train, n_test)
-        total += seeds * (cost.remaining(plan(config), 0, 0) / flops_per_s + RUN_OVERHEAD_S)
+        flops = run_flops(base.replace(**changes), sizes=(50000, 10000))  # a folder: a guess
+        total += seeds * (flops / flops_per_s + RUN_OVERHEAD_S)
     return total
 
 

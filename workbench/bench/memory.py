@@ -43,10 +43,10 @@ def variants(config: Any) -> list[tuple[str, Any, dict[str, Any]]]:
     (one module: no probes), and checkpointed in as many segments as `config` has modules;
     the layer-wise methods with the config's objective, sequential's prefix under autograd,
     and each other objective in parallel (with its paper's own heads where it builds them)."""
+    from workbench.config import DEFAULTS
     from workbench.local.objective import HEAD_FIELDS
     from workbench.local.objectives import OBJECTIVES, objective_class
 
-    defaults = type(config)()
     whole = config.replace(method="end-to-end", n_modules=1)  # the net and its last head only
     rows = [
         (E2E, whole, {}),
@@ -60,7 +60,7 @@ def variants(config: Any) -> list[tuple[str, Any, dict[str, Any]]]:
             continue
         c = config.replace(method="parallel", objective=name)
         if objective_class(name).own_heads:
-            c = c.replace(**{f: getattr(defaults, f) for f in HEAD_FIELDS})
+            c = c.replace(**{f: DEFAULTS[f] for f in HEAD_FIELDS})
         rows.append((f"parallel, {name}", c, {}))
     return rows
 

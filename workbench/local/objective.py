@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from workbench.config import Config, ConfigError
+from workbench.config import DEFAULTS, Config, ConfigError
 from workbench.models.heads import HeadSpec, build_head
 
 # output: the module's output; input: what entered the module; labels; image: the batch's
@@ -73,13 +73,12 @@ class Objective:
                 "the images and the cache holds only the frozen prefix's outputs; allowed: false"
             )
         if cls.own_heads:
-            defaults = type(config)()
             for name in HEAD_FIELDS:
-                if getattr(config, name) != getattr(defaults, name):
+                if getattr(config, name) != DEFAULTS[name]:
                     return (
                         f"{name}: got {getattr(config, name)!r} with objective "
                         f"{config.objective!r}, which builds its paper's own heads; allowed: "
-                        f"{getattr(defaults, name)!r} (the default)"
+                        f"{DEFAULTS[name]!r} (the default)"
                     )
         return None
 

@@ -251,17 +251,25 @@ def device_flops_per_s(device: torch.device) -> float:
     return _DEVICE_FLOPS[key]
 
 
-def prior_estimate(config: Config, device: torch.device) -> float | None:
-    """Seconds the whole run should take on `device`, before anything is loaded: the config's
-    FLOPs (CostModel) at device_flops_per_s. None for an image folder (size unknown). A guide
-    within a factor of a few: small layers and data loading run slower than one big conv."""
+def run_flops(config: Config, sizes: tuple[int, int] | None = None) -> float | None:
+    """The whole run's FLOPs (CostModel), before anything is loaded: its dataset's sizes
+    (`sizes`, train and test images, where the dataset's are unknown), cut to n_train and
+    n_test. None for an image folder without `sizes`."""
     from workbench.training.methods import plan
 
-    sizes = DATASET_SIZES.get(config.dataset)
+    sizes = DATASET_SIZES.get(config.dataset, sizes)
     if sizes is None:
         return None
     n_train = min(config.n_train, sizes[0]) if config.n_train > 0 else sizes[0]
     n_test = min(config.n_test, sizes[1]) if config.n_test > 0 else sizes[1]
     num_classes = config.dataset_info.num_classes or 10
     cost = CostModel.of(config, num_classes, n_train, n_test)
-    return cost.remaining(plan(config), 0, 0) / device_flops_per_s(device)
+    return cost.remaining(plan(config), 0, 0)
+
+
+def prior_estimate(config: Config, device: torch.device) -> float | None:
+    """Seconds the whole run should take on `device`, before anything is loaded: the config's
+    FLOPs (CostModel) at device_flops_per_s. None for an image folder (size unknown). A guide
+    within a factor of a few: small layers and data loading run slower than one big conv."""
+    flops = run_flops(config)
+    return None if flops is None else flops / device_flops_per_s(device)
