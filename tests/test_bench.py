@@ -44,6 +44,13 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
     assert all(r["peak_bytes"] > 0 and _positive(r["ratio_to_end_to_end"]) for r in rows.values())
     assert all(rows["end-to-end", k]["ratio_to_end_to_end"] == 1.0 for k in (2, 4, 8))
     assert "| parallel, infopro-contrast |" in (tmp_path / "bench.md").read_text()
+    # the run's own estimate beside the measurement, where the row is a plain config
+    for (variant, k), row in rows.items():
+        if variant in ("end-to-end, checkpointed", "sequential, prefix with grad"):
+            assert row["estimated_bytes"] is None
+        else:
+            assert 0.7 < row["estimate_to_measured"] < 1.3, (variant, k, row)
+    assert "## The memory estimate against the measured peak" in (tmp_path / "bench.md").read_text()
 
     rows = r["depth"]["rows"]
     assert [row["n_modules"] for row in rows] == [2, 4, 8]

@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny
 
 from workbench import run_experiment
-from workbench.batch.compare import HOW_TO_POINT, RunsNotFound, compare
+from workbench.batch.compare import HOW_TO_POINT, RunsNotFound, compare, read_csv
 from workbench.records import read_metrics
 from workbench.runs import run_labels
 from workbench.ui.plotly_js import PLOTLY_JS, write_shared_plotly_js
@@ -107,6 +107,75 @@ def test_globs_run_folders_and_nothing_found_explained(root, tmp_path, capsys):
     assert out.startswith("Nothing to compare: ") and HOW_TO_POINT in out
     assert empty.rows == [] and empty.frame() is None and empty.save(tmp_path / "x") == []
     assert not (tmp_path / "x").exists()
+
+
+# (the file spoiled in a copy of k2, what it then holds, the reason its row gives)
+SPOILED = [
+    ("config.json", b'{"arch": "greedy-cnn", ', "config.json: not valid JSON (Expecting property "
+     "name enclosed in double quotes: line 1 column 24)"),
+    ("config.json", b"\xff\xfe{}", "config.json: not UTF-8 text (invalid start byte at byte 0)"),
+    ("summary.json", b"[0.5, 0.6]", "summary.json: holds an array, not a JSON object"),
+    ("metrics.jsonl", b"not json\n", "metrics.jsonl: not valid JSON (Expecting value: line "
+     "{line} column 1)"),  # appended after the run's rows
+]  # fmt: skip
+
+
+def runs_with_a_spoiled_copy(root: Path, tmp_path: Path, name: str, data: bytes) -> tuple:
+    """tmp_path/runs holding k1, k2 and bad (k2's copy with `name` spoiled), and the line
+    `data` went to when appended to metrics.jsonl."""
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs, ignore=shutil.ignore_patterns("comparison", "plotly*"))
+    shutil.copytree(runs / "k2", runs / "bad")
+    path = runs / "bad" / name
+    before = path.read_bytes() if name == "metrics.jsonl" else b""
+    path.write_bytes(before + data)
+    return runs, len(before.splitlines()) + 1
+
+
+@pytest.mark.parametrize("name, data, reason", SPOILED, ids=[r[2][:20] for r in SPOILED])
+def test_an_unreadable_run_is_a_row_saying_why_and_the_others_compare_and_draw(
+    root, tmp_path, name, data, reason
+):
+    runs, line = runs_with_a_spoiled_copy(root, tmp_path, name, data)
+    comparison = compare(runs)
+    bad, *good = comparison.rows  # sorted by folder: bad, k1, k2
+    # the labels are the two readable runs' own: the copy of k2 does not tie with k2
+    assert [r["label"] for r in comparison.rows] == ["bad", *run_labels(configs(root))]
+    assert bad["status"] == "unreadable" and bad["error"] == reason.format(line=line)
+    assert bad["aux_depth"] is bad["acc_module_1"] is bad["final_test_acc"] is None
+    for row, folder in zip(good, ("k1", "k2")):
+        summary = json.loads((root / "runs" / folder / "summary.json").read_text())
+        assert row["status"] == "finished" and row["error"] == ""
+        assert [row["acc_module_1"], row["acc_module_2"]] == summary["per_module_test_acc"]
+        assert row["final_test_acc"] == summary["final_test_acc"]
+        assert row["aux_depth"] == int(folder[1])
+    for figure in ("accuracy", "loss", "depth"):  # drawn from the readable runs alone
+        assert [t.name for t in comparison.figures[figure].data] == ["aux_depth=1", "aux_depth=2"]
+    written = comparison.save(tmp_path / "saved", png=False)
+    names = [p.name for p in written]
+    assert names == ["comparison.csv", "accuracy.html", "loss.html", "depth.html"]
+    table = read_csv(written[0])
+    assert [(r["label"], r["status"]) for r in table] == [
+        ("bad", "unreadable"), ("aux_depth=1", "finished"), ("aux_depth=2", "finished")
+    ]  # fmt: skip
+    assert table[0]["error"] == reason.format(line=line) and table[0]["acc_module_1"] == ""
+    assert comparison.frame().shape[0] == 3
+
+
+def test_when_no_run_can_be_read_the_table_says_why_and_nothing_is_drawn(root, tmp_path, capsys):
+    runs, _ = runs_with_a_spoiled_copy(root, tmp_path, "config.json", b"")
+    shutil.rmtree(runs / "k1")
+    shutil.rmtree(runs / "k2")
+    comparison = compare(runs)
+    [row] = comparison.rows
+    assert row["status"] == "unreadable"
+    assert row["error"] == "config.json: not valid JSON (Expecting value: line 1 column 1)"
+    assert comparison.figures == {}
+    comparison.show()
+    assert capsys.readouterr().out == (
+        "Nothing to draw: the 1 run folder(s) found cannot be read; the error column says why\n"
+    )
+    assert [p.name for p in comparison.save(png=False)] == ["comparison.csv"]
 
 
 def test_figures_of_two_runs_share_one_plotly_js_that_moves_with_the_root(root, tmp_path):

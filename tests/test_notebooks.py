@@ -257,6 +257,29 @@ def test_compare_notebook_over_runs_labels_them_and_draws_epochs_and_depth(tmp_p
     assert output.stat().st_size < 1_000_000
 
 
+def test_compare_notebook_over_runs_with_an_unreadable_one_compares_the_rest(tmp_path):
+    import shutil
+
+    from conftest import tiny
+
+    from workbench import run_experiment
+
+    assert run_experiment(tiny(tmp_path, out=f"{tmp_path}/runs/k1"))["status"] == "finished"
+    shutil.copytree(tmp_path / "runs" / "k1", tmp_path / "runs" / "bad")
+    (tmp_path / "runs" / "bad" / "config.json").write_text('{"arch": "greedy-cnn", "met')
+    output = tmp_path / "compare.ipynb"
+    run_papermill(NOTEBOOKS / "compare.ipynb", output, {"png": False}, cwd=tmp_path)
+    assert output_errors(output) == [] and "Traceback" not in outputs_text(output)
+    reason = "config.json: not valid JSON (Unterminated string starting at: line 1 column 24)"
+    saved = tmp_path / "runs" / "comparison"
+    with open(saved / "comparison.csv") as f:
+        rows = [(r["label"], r["status"], r["error"]) for r in csv.DictReader(f)]
+    assert rows == [("bad", "unreadable", reason), ("greedy-cnn sequential", "finished", "")]
+    text = outputs_text(output)  # the displayed table cuts long cells: printed in full too
+    assert f"1 of 2 run folders cannot be read, left out of figures:\n  runs/bad: {reason}" in text
+    assert "greedy-cnn sequential" in (saved / "depth.html").read_text()
+
+
 def test_what_is_local_learning_shows_each_piece_with_tiny_parameters(tmp_path):
     """The first notebook a class opens: gradients stop at module boundaries, memory against
     depth, psi's exact inverse on a real image, the blocks' kinetic energy with and without

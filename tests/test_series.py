@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
 import pytest
 
 from workbench import Config
-from workbench.batch.series import Series, full_scale_results, run_series, series_figures
+from workbench.batch.series import (
+    Series,
+    full_scale_results,
+    run_series,
+    series_figures,
+    series_results,
+    variant_configs,
+)
 
 
 def rows(variant: str, accs_by_seed: dict[int, list[float]]) -> list[dict]:
@@ -98,6 +107,52 @@ def test_run_series_trains_each_variant_per_seed_and_reuses_finished_runs(tmp_pa
     # a changed parameter trains new runs in new folders instead of clashing with the old ones
     run_series(base.replace(epochs=1), {"k=1": {"aux_depth": 1}}, tmp_path, seeds=[0])
     assert len(list(tmp_path.iterdir())) == 5
+
+
+def test_an_unreadable_run_is_listed_with_its_reason_and_left_out_of_the_statistics(
+    tmp_path: Path, capsys
+):
+    base = Config(n_train=256, n_test=128, epochs=1, batch_size=64, width=8, n_modules=2,
+                  device="cpu")  # fmt: skip
+    variants = {"k=1": {"aux_depth": 1}}
+    run_series(base, variants, tmp_path, seeds=[0, 1, 2])
+    folders = {
+        key: Path(c.out) for key, c in variant_configs(base, variants, tmp_path, [0, 1, 2]).items()
+    }
+    metrics = folders["k=1", 0] / "metrics.jsonl"
+    line = len(metrics.read_text().splitlines()) + 1
+    with open(metrics, "a") as f:  # a hand edit gone wrong, after the run's own rows
+        f.write("{oops\n")
+    capsys.readouterr()
+    series = run_series(base, variants, tmp_path, seeds=[0, 1, 2])
+    assert capsys.readouterr().out.count("(finished before: reused)") == 3
+    reason = (
+        "metrics.jsonl: not valid JSON (Expecting property name enclosed in double quotes: "
+        f"line {line} column 2)"
+    )
+    assert series.unreadable == [{"variant": "k=1", "seed": 0, "status": "unreadable",
+                                  "error": reason, "run_dir": str(folders["k=1", 0])}]  # fmt: skip
+    # means and spreads over seeds 1 and 2 alone, and their curves alone
+    summaries = [json.loads((folders["k=1", s] / "summary.json").read_text()) for s in (1, 2)]
+    last = [s["per_module_test_acc"][-1] for s in summaries]
+    by_module = {r["module"]: r for r in series.summary()}
+    assert sorted(by_module) == [1, 2] and by_module[2]["seeds"] == 2
+    assert by_module[2]["test_acc_mean"] == pytest.approx(statistics.fmean(last))
+    assert by_module[2]["test_acc_sd"] == pytest.approx(statistics.stdev(last))
+    assert series.headline()[0]["seeds"] == 2 and series.headline()[0]["unreadable"] == 1
+    assert {r["seed"] for r in series.curves} == {1, 2}
+    # results.csv keeps the unreadable row, and reads back the same
+    series.save(tmp_path / "saved", png=False)
+    back = Series.from_csv(tmp_path / "saved" / "results.csv")
+    assert [r["error"] for r in back.unreadable] == [reason]
+    assert back.values("k=1") == pytest.approx(last, abs=1e-6)
+
+    # a summary.json holding no object: unreadable too, the one readable run still measured
+    (folders["k=1", 1] / "summary.json").write_text("[]")
+    results = series_results(folders)
+    errors = [r["error"] for r in results if r.get("status") == "unreadable"]
+    assert errors == [reason, "summary.json: holds an array, not a JSON object"]
+    assert Series(results, ["k=1"]).values("k=1") == [last[1]]
 
 
 def curve_series(curves: dict[str, dict[int, list[float]]]) -> Series:

@@ -6,7 +6,9 @@ The browser test (test_browser.py) shows the same panel working in a real Jupyte
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 from conftest import tiny
 
@@ -159,6 +161,40 @@ def test_runs_browser_overlays_exports_and_deletes_after_a_restart(tmp_path):
     assert not (root / "k1").exists()
     assert [value for _, value in browser.select.options] == [str(root / "k3")]
     assert [t.name for t in panel.plots.depth.data] == ["greedy-cnn sequential"]
+
+
+def test_runs_browser_lists_an_unreadable_run_with_its_reason_beside_the_others(tmp_path):
+    from workbench.ui.runs_browser import RunsBrowser
+
+    root = tmp_path / "runs"
+    for depth in (1, 3):
+        run_experiment(tiny(tmp_path, out=str(root / f"k{depth}"), aux_depth=depth, n_modules=2))
+    shutil.copytree(root / "k3", root / "bad")  # a copy gone wrong: its summary cut short
+    (root / "bad" / "summary.json").write_text('{"status": "finished", "final_te')
+    reason = "summary.json: not valid JSON (Unterminated string starting at: line 1 column 24)"
+    browser = RunsBrowser(LivePlots(), root=str(root))
+    rows = {Path(r["run_dir"]).name: r for r in browser.rows}
+    assert rows["bad"]["status"] == "unreadable" and rows["bad"]["error"] == reason
+    assert rows["bad"]["label"] == "bad" and rows["bad"]["per_module_test_acc"] == []
+    # the others as without it: labelled by what differs between them (not tied with the copy)
+    assert [rows[k]["label"] for k in ("k1", "k3")] == ["aux_depth=1", "aux_depth=3"]
+    assert [rows[k]["status"] for k in ("k1", "k3")] == ["finished", "finished"]
+    assert all(len(rows[k]["per_module_test_acc"]) == 2 and rows[k]["error"] is None
+               for k in ("k1", "k3"))  # fmt: skip
+    texts = [text for text, _ in browser.select.options]
+    assert len(texts) == 3 and f"bad · unreadable: {reason} · final - · bad" in texts
+    assert f"unreadable: {reason}" in browser.table.value
+
+    browser.select.value = tuple(value for _, value in browser.select.options)
+    browser.overlay_selected()
+    assert sorted(t.name for t in browser.plots.depth.data) == ["aux_depth=1", "aux_depth=3"]
+    assert "2 run(s) on the depth plot (1 unreadable left out)" in browser.message.value
+    assert reason in browser.export_csv().read_text()
+
+    browser.select.value = (str(root / "bad"),)
+    browser.delete_selected()
+    browser.delete_selected()  # an unreadable run can be deleted like any other
+    assert not (root / "bad").exists() and len(browser.rows) == 2
 
 
 def test_every_field_has_a_short_label_and_its_help_as_tooltip():

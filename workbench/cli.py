@@ -4,7 +4,10 @@
 Flags are the config's field names with dashes; a bad value is refused in one line, before any
 training, with exit code 2. A run that fails for a reason the user can act on (it diverged, a
 disk filled up) ends in one line and exit code 1, as does a stopped one. After its first steps
-a run prints its estimated time; above a day it stops there unless `--yes` was given.
+a run prints its estimated time and memory; above a day it stops there unless `--yes` was
+given. A run estimated to need more memory than the device has available is refused before
+training (exit code 2) unless `--yes` was given. SIGTERM, SIGINT and SIGHUP stop a run at its
+next step (exit code 1, status 'stopped'); the same command resumes it.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes",
         action="store_true",
         help=f"go on when the run is estimated to take over {format_duration(CONFIRM_ABOVE_S)} "
-        "(without it, such a run stops after its first steps, resumable)",
+        "(without it, such a run stops after its first steps, resumable), or to need more "
+        "memory than the device has available (without it, such a run is refused before "
+        "training)",
     )
     presets = commands.add_parser("presets", help="list the presets and the fields each one sets")
     presets.add_argument(
@@ -211,7 +216,7 @@ def _main(argv: Sequence[str] | None) -> int:
         config = config_from_args(args)
         callbacks = [] if args.quiet else [TqdmProgress(file=sys.stderr)]
         callbacks.append(EstimateGate(args.yes, stop))
-        summary = run_experiment(config, callbacks=callbacks, stop=stop)
+        summary = run_experiment(config, callbacks=callbacks, stop=stop, check_memory=not args.yes)
     except ConfigError as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
@@ -225,6 +230,13 @@ def _main(argv: Sequence[str] | None) -> int:
 
     if not is_follower():  # under torchrun, rank 0 alone prints the results
         _print(format_results(summary))
+        if summary["status"] == Status.STOPPED:
+            by = f" by {summary['stopped_by']}" if summary.get("stopped_by") else ""
+            print(
+                f"workbench: stopped{by} after {summary.get('epochs_done') or 0} epoch(s); "
+                "the same command resumes it",
+                file=sys.stderr,
+            )
     return 0 if summary["status"] == Status.FINISHED else 1
 
 

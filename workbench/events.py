@@ -3,7 +3,9 @@
 The loop calls every callback with `(event, info)` at six moments (EVENTS) and checks a
 `threading.Event` between steps, so a notebook's Stop button or a Ctrl-C ends the run cleanly.
 ESTIMATE comes once per process, after the first steps: `seconds` the rest of the run should
-take, `images_per_s`, `epochs_left`, `device`. A watcher may stop a run that would take longer
+take, `images_per_s`, `epochs_left`, `device`, and the memory estimate made before training
+(`memory_bytes`: the peak; `memory_held_bytes`, `memory_available_bytes`: what the process
+held and what was free then). A watcher may stop a run that would take longer
 than it should without asking (the CLI and the panel do, above CONFIRM_ABOVE_S).
 PROGRESS comes inside an epoch, after its first step and then every half second or so:
 `step`, `steps`, `epoch`, `global_epoch`, `modules`, `images_per_s` (this epoch's so far),
@@ -35,13 +37,26 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def format_bytes(n: float) -> str:
+    """`512 MiB`, `1.5 GiB`."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB"
+
+
 def describe_estimate(info: dict[str, Any]) -> str:
-    """One line for an ESTIMATE event."""
-    return (
+    """One line for an ESTIMATE event (with the run's memory estimate, where it has one)."""
+    line = (
         f"estimated {format_duration(info['seconds'])} for the rest of this run "
         f"({info['epochs_left']} epochs to go, {info['images_per_s']:.0f} images/s on "
         f"{info['device']} so far)"
     )
+    if info.get("memory_bytes"):
+        line += (
+            f"; peak memory about {format_bytes(info['memory_bytes'])} of "
+            f"{format_bytes(info['memory_available_bytes'] + info['memory_held_bytes'])}"
+        )
+    return line
 
 
 class StopRequested(Exception):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import weakref
+from typing import Any
 
 import torch
 
@@ -22,16 +24,43 @@ def cuda_free_bytes(driver_free: int, reserved: int, allocated: int) -> int:
 
 
 def free_memory_bytes(device: torch.device) -> int:
-    """Free device memory on CUDA (the allocator's unused cache included); the RAM the kernel
-    says is available on the CPU."""
+    """Free device memory on CUDA (the allocator's unused cache included); on the CPU the RAM
+    the kernel says is available, within this process's address-space limit (`ulimit -v`)
+    and its cgroup's memory limit (a container's, a SLURM job's) where they are set."""
     if device.type == "cuda":
         driver_free, _ = torch.cuda.mem_get_info(device)
         reserved = torch.cuda.memory_reserved(device)
         return cuda_free_bytes(driver_free, reserved, torch.cuda.memory_allocated(device))
     available = proc_bytes("/proc/meminfo", "MemAvailable")
-    if available is not None:
-        return available
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # free pages: a floor
+    if available is None:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # a floor
+    limits = [available, *cgroup_room()]
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(max(0, soft - (proc_bytes("/proc/self/status", "VmSize") or 0)))
+    return min(limits)
+
+
+def cgroup_room() -> list[int]:
+    """Bytes left under this process's cgroup memory limit (v2, else v1), if one is set."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # not "max", nor v1's huge "unlimited"
+            return [max(0, int(limit) - usage)]
+        return []
+    return []
 
 
 def proc_bytes(path: str, field: str) -> int | None:
@@ -71,3 +100,50 @@ def peak_memory_bytes(device: torch.device) -> int:
         return peak
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _tensor_memory_class() -> type:
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class TensorMemoryMode(TorchDispatchMode):
+        """Live and peak bytes of the tensors allocated while active (any device, the meta
+        device included: what a step would allocate, without allocating it).
+
+        The CPU has no allocator statistics, and ru_maxrss only ever grows in a process, so
+        each op's new output storages are counted until they are freed. Storages an op only
+        returns (in-place ops, views) are not new; tensors made before entry are not counted.
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+            self.seen: set[int] = set()
+
+        def _freed(self, key: int, nbytes: int) -> None:
+            self.seen.discard(key)
+            self.live -= nbytes
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tensors = tree_leaves((args, kwargs))
+            inputs = {id(t.untyped_storage()) for t in tensors if isinstance(t, torch.Tensor)}
+            for t in tree_leaves(out):
+                if not isinstance(t, torch.Tensor):
+                    continue
+                storage = t.untyped_storage()  # one Python object per storage while it lives
+                key = id(storage)
+                if key in inputs or key in self.seen:
+                    continue
+                self.seen.add(key)
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._freed, key, storage.nbytes())
+            return out
+
+    return TensorMemoryMode
+
+
+def tensor_memory() -> Any:
+    """A context manager whose `.peak` is the peak bytes of tensors allocated inside it."""
+    return _tensor_memory_class()()

@@ -52,6 +52,7 @@ class Status(str, enum.Enum):
     STOPPED = "stopped"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # never written: a run that says running but holds no lock
+    UNREADABLE = "unreadable"  # never written: a folder whose files the readers cannot use
 
     __hash__ = str.__hash__  # a dict keyed by the words finds the members too
 
@@ -67,6 +68,13 @@ ENDED = (Status.FINISHED, Status.STOPPED, Status.FAILED)  # what a run that retu
 
 class RunFolderError(ConfigError):
     """The run folder cannot be used (busy, read-only, below a file); one line for the user."""
+
+
+class UnreadableFile(RunFolderError):
+    """A run folder's file cannot be read, is not JSON, or is not a JSON object (a hand edit,
+    a copy gone wrong). The message is one line naming the file and the problem, what the
+    readers (compare, the runs browser, Series) show in the run's row instead of its numbers:
+    `config.json: not valid JSON (Expecting value: line 1 column 1)`."""
 
 
 class RunFailed(Exception):
@@ -139,13 +147,47 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (_dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+_JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}  # fmt: skip
+
+
+def _read_text(path: Path) -> str:
+    """A run folder's text file; UnreadableFile when it cannot be read or is not UTF-8."""
+    try:
+        return path.read_bytes().decode()
+    except OSError as e:
+        raise UnreadableFile(f"{path.name}: cannot be read ({os_reason(e)})") from None
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text ({e.reason} at byte {e.start})"
+        raise UnreadableFile(f"{path.name}: {problem}") from None
+
+
+def _json_object(name: str, text: str, line: int | None = None) -> dict[str, Any]:
+    """`text` (file `name`, or its `line`) parsed as a JSON object; UnreadableFile otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:  # a .jsonl line is told by its number in the file
+        where = f"line {line or e.lineno} column {e.colno}"
+        raise UnreadableFile(f"{name}: not valid JSON ({e.msg}: {where})") from None
+    if not isinstance(value, dict):
+        at = f"line {line} " if line else ""
+        holds = _JSON_TYPES.get(type(value), "a value")
+        raise UnreadableFile(f"{name}: {at}holds {holds}, not a JSON object")
+    return value
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A run folder's JSON file (config.json, summary.json) as a dict; UnreadableFile naming the
+    file and the problem in one line when it cannot be read or holds no JSON object."""
+    return _json_object(path.name, _read_text(path))
+
+
 def read_json_quietly(path: Path) -> dict[str, Any]:
     """A JSON file as a dict; {} when missing or unreadable (being replaced, hand-edited)."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json_object(path)
+    except UnreadableFile:
         return {}
-    return value if isinstance(value, dict) else {}
 
 
 def remove_temporary_files(folder: Path) -> int:
@@ -435,11 +477,16 @@ def _check_same_config(path: Path, config: Config) -> None:
 
 
 def read_metrics(run_path: str | Path) -> list[dict[str, Any]]:
-    """The metrics rows of a run folder (what a live plot or a comparison reads)."""
+    """The metrics rows of a run folder (what a live plot or a comparison reads); UnreadableFile
+    naming the line when one is not a JSON object (a hand edit: writes replace the whole file)."""
     path = Path(run_path) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [
+        _json_object(path.name, line, number)
+        for number, line in enumerate(_read_text(path).splitlines(), start=1)
+        if line.strip()
+    ]
 
 
 def format_results(summary: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ comparison tables show, so a run carries the same label everywhere:
     labels = run_labels([config_a, config_b])   # ['aux_depth=1', 'aux_depth=3']
     rows = list_runs("runs")                    # newest first: status, label, accuracies
     path = find_resumable("runs", config)       # a stopped run of this config, or None
+    saved, summary = read_run_files(path)       # or UnreadableFile: why, in one line
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from workbench.records import (
     RESUMABLE_DIFFERENCES,
     RunFolderError,
     Status,
+    UnreadableFile,
+    read_json_object,
     read_json_quietly,
 )
 
@@ -99,6 +102,16 @@ def run_labels(
     ]
 
 
+def folder_labels(paths: Sequence[Path], configs: Mapping[Path, Mapping[str, Any]]) -> list[str]:
+    """Each folder's label: run_labels over the folders whose config was read (`configs`), so
+    an unreadable folder cannot change the others' labels; an unreadable one is named by the
+    end of its path that tells it apart ('k3', 'p1/run')."""
+    readable = [p for p in paths if p in configs]
+    names = [str(p) for p in readable]
+    labels = dict(zip(readable, run_labels([configs[p] for p in readable], names)))
+    return [labels.get(p) or _distinct_tail(str(p), [str(q) for q in paths]) for p in paths]
+
+
 def _distinct_tail(name: str, others: Sequence[str]) -> str:
     """The shortest end of a folder path that no other path in `others` ends with: 'k1' for
     runs/k1, 'p1/run' for a sweep point's sweep/p1/run."""
@@ -119,6 +132,15 @@ def run_folders(root: str | Path) -> list[Path]:
     found = [root] if (root / "config.json").is_file() else []
     found += [p.parent for p in root.rglob("config.json") if p.parent != root]
     return sorted(set(found), key=lambda p: (p / "config.json").stat().st_mtime, reverse=True)
+
+
+def read_run_files(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run folder's config.json and summary.json ({} before the run first writes one), the
+    way every reader of run folders reads them; UnreadableFile, one line naming the file and
+    the problem, when either cannot be read or is not a JSON object."""
+    config = read_json_object(path / "config.json")
+    summary = path / "summary.json"
+    return config, read_json_object(summary) if summary.is_file() else {}
 
 
 def run_status(path: Path, summary: Mapping[str, Any] | None = None) -> str:
@@ -145,20 +167,38 @@ def is_locked(path: Path) -> bool:
     return False
 
 
+def read_folders(
+    paths: Sequence[Path], read: Callable[[Path], Any] | None = None
+) -> tuple[dict[Path, Any], dict[Path, str]]:
+    """Each folder read by `read` (read_run_files unless given), and the reason, in one line,
+    of each that could not be: ({path: what was read}, {path: reason})."""
+    reader = read or read_run_files
+    found: dict[Path, Any] = {}
+    errors: dict[Path, str] = {}
+    for path in paths:
+        try:
+            found[path] = reader(path)
+        except UnreadableFile as e:
+            errors[path] = str(e)
+    return found, errors
+
+
 def list_runs(root: str | Path) -> list[dict[str, Any]]:
     """One row per run folder under root, newest first: run_dir, label, status, final and
-    per-module test accuracy, wall time, device, epochs done; labels from run_labels."""
+    per-module test accuracy, wall time, device, epochs done; labels from folder_labels. A
+    folder whose config.json or summary.json cannot be used has status `unreadable` and the
+    reason in `error` (None for the others), and no numbers."""
     paths = run_folders(root)
-    configs = [read_json_quietly(p / "config.json") for p in paths]
-    summaries = [read_json_quietly(p / "summary.json") for p in paths]
-    labels = run_labels(configs, [str(p) for p in paths])
+    read, errors = read_folders(paths)
+    labels = folder_labels(paths, {p: config for p, (config, _) in read.items()})
     rows = []
-    for path, config, summary, text in zip(paths, configs, summaries, labels):
+    for path, text in zip(paths, labels):
+        config, summary = read.get(path, ({}, {}))
         rows.append(
             {
                 "run_dir": str(path),
                 "label": text,
-                "status": run_status(path, summary),
+                "status": Status.UNREADABLE.value if path in errors else run_status(path, summary),
                 "final_test_acc": summary.get("final_test_acc"),
                 "per_module_test_acc": list(summary.get("per_module_test_acc") or []),
                 "per_module_probe_acc": list(summary.get("per_module_probe_acc") or []),
@@ -167,6 +207,7 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
                 "epochs_done": summary.get("epochs_done"),
                 "method": config.get("method"),
                 "n_modules": config.get("n_modules"),
+                "error": errors.get(path),
             }
         )
     return rows

@@ -63,6 +63,9 @@ class Summary:
     eval_batch_size: int | None = later()
     time_split_s: dict[str, float] | None = later()
     finished_at: str | None = later()
+    stopped_by: str | None = later()  # the signal that stopped the run (SIGTERM, say)
+    memory_estimate_bytes: int | None = later()  # the peak expected before training
+    memory_available_bytes: int | None = later()  # what the device had free for it then
     error: str | None = later()  # a failed run's error, in one line, and its traceback
     traceback: str | None = later()
     # a pipelined run's workers

@@ -2,7 +2,10 @@
 
 Used by `workbench sweep` (its results.csv), by notebooks/compare.ipynb and by the teaching
 notebooks. A run folder is any folder holding a `config.json` (see workbench/records.py);
-runs are labelled by workbench.runs.run_labels (the fields that differ between them).
+runs are labelled by workbench.runs.run_labels (the fields that differ between them). A run
+whose config.json, summary.json or metrics.jsonl cannot be used (a hand edit, a copy gone wrong)
+is a row of its own, status `unreadable` and the reason in `error`; the others are compared and
+drawn as if it were not there.
 
     comparison = compare("runs")          # every run below runs/; or a sweep folder, globs
     comparison.frame()                    # the table
@@ -14,18 +17,23 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workbench.config import saved_value
-from workbench.records import atomic_write_bytes, read_metrics
-from workbench.runs import run_labels, varying_fields
+from workbench.records import (
+    Status,
+    atomic_write_bytes,
+    read_json_object,
+    read_metrics,
+)
+from workbench.runs import folder_labels, read_folders, read_run_files, varying_fields
 
 DEFAULT_RUNS = "runs"  # where the panel and `workbench run` put runs (records' default `out`)
 FIGURES = ("accuracy", "loss", "depth", "separability")  # what Comparison.show can be asked for
+UNREADABLE = Status.UNREADABLE.value  # the status of a run whose files cannot be read
 HOW_TO_POINT = """\
 compare.ipynb compares run folders (folders holding config.json) found at or below:
   sweep_dir  a folder holding runs: runs/ (the default: where the panel and `workbench run`
@@ -63,8 +71,9 @@ def find_run_folders(paths: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file as a dict; {} when it is missing."""
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A JSON file as a dict; {} when it is missing, UnreadableFile (one line naming the file
+    and the problem) when it cannot be read or holds no JSON object."""
+    return read_json_object(path) if path.is_file() else {}
 
 
 def result_columns(
@@ -89,34 +98,49 @@ def result_columns(
     return row
 
 
+def read_compared_run(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's config and summary, its metrics checked too (the figures read them): an
+    unreadable file makes the run an unreadable row here rather than a crash in a figure."""
+    config, summary = read_run_files(path)
+    read_metrics(path)
+    return config, summary
+
+
 def comparison_table(
     run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
     """One row per run folder: label, the fields that differ, status and per-module accuracies.
 
-    Labels are workbench.runs.run_labels' (`aux_depth=1, downsampling=maxpool`) unless given.
+    Labels are workbench.runs.folder_labels' (`aux_depth=1, downsampling=maxpool`, over the
+    readable runs) unless given. An unreadable run keeps its row, status `unreadable` and no
+    numbers; then every row has an `error` column, the reason in one line or "".
     """
     runs = [Path(p) for p in run_dirs]
     if labels is not None and len(labels) != len(runs):
         raise ValueError(f"labels: got {len(labels)} for {len(runs)} run folders")
-    configs = [read_json(p / "config.json") for p in runs]
-    summaries = [read_json(p / "summary.json") for p in runs]
-    differing = varying_fields(configs)
-    n_modules = max([c.get("n_modules", 0) for c in configs] + [0])
-    probes = any(s.get("per_module_probe_acc") for s in summaries)
-    names = list(labels) if labels is not None else run_labels(configs, [str(p) for p in runs])
+    read, errors = read_folders(runs, read_compared_run)
+    configs = {path: config for path, (config, _) in read.items()}
+    differing = varying_fields(list(configs.values()))
+    n_modules = max([c.get("n_modules", 0) for c in configs.values()] + [0])
+    probes = any(s.get("per_module_probe_acc") for _, s in read.values())
+    names = list(labels) if labels is not None else folder_labels(runs, configs)
     rows = []
-    for name, path, config, summary in zip(names, runs, configs, summaries):
-        values = {name: saved_value(config, name) for name in differing}
+    for name, path in zip(names, runs):
+        config, summary = read.get(path, ({}, {}))
+        status = UNREADABLE if path in errors else summary.get("status", "not started")
         rows.append(
             {
                 "label": name,
-                **values,
-                "status": summary.get("status", "not started"),
+                # an unreadable row gets the same columns, empty, so the table keeps its order
+                **{field: saved_value(config, field) for field in differing},
+                "status": status,
                 **result_columns(summary, n_modules, probes),
                 "run_dir": str(path),
             }
         )
+    if errors:
+        for row, path in zip(rows, runs):
+            row["error"] = errors.get(path, "")
     return rows
 
 
@@ -173,8 +197,9 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
 
 @dataclass
 class Comparison:
-    """Runs side by side: the table, and the figures built from it (none when no runs were
-    found: then `problem` says why, and nothing is shown or saved)."""
+    """Runs side by side: the table, and the figures built from it. None when no runs were
+    found or none could be read: then `problem` says why, show() prints it when there are rows
+    (unreadable ones), and save() writes their table; nothing when none were found."""
 
     rows: list[dict[str, Any]]
     figures: dict[str, Any] = field(default_factory=dict)  # plotly figures by file stem
@@ -191,6 +216,8 @@ class Comparison:
         unknown = [n for n in names if n not in FIGURES]
         if unknown:
             raise ValueError(f"show: no figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
+        if self.rows and not self.figures:  # rows but no figures: none could be read
+            print(f"Nothing to draw: {self.problem}")
         for name, fig in self.figures.items():
             if not names or name in names:
                 fig.show(renderer="plotly_mimetype")
@@ -228,6 +255,7 @@ def comparison_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     )
     from workbench.ui.plots import depth_figure, separability_figure
 
+    rows = [row for row in rows if row.get("status") != UNREADABLE]  # nothing to draw
     labels = [str(row.get("label") or row.get("run_dir")) for row in rows]
     colors = run_colors(labels)
     metrics = {
@@ -256,7 +284,10 @@ def compare(
     `paths`: folders holding runs (runs/, a sweep folder), run folders or glob patterns; ""
     entries are ignored (a notebook's "not given"), and nothing given means runs/. When no run
     is found RunsNotFound is raised (one line); with `explain` that line and what to pass
-    (HOW_TO_POINT) are printed instead, and an empty Comparison comes back.
+    (HOW_TO_POINT) are printed instead, and an empty Comparison comes back. Runs that cannot
+    be read are rows marked unreadable (see comparison_table), with `explain` also printed with
+    their reasons; when no run can be read, their table comes back without figures, its
+    `problem` saying so.
     """
     given = [paths] if isinstance(paths, (str, Path)) else list(paths)
     given = [str(p) for p in given if str(p)]
@@ -276,4 +307,12 @@ def compare(
     first = Path(given[0])
     holds_runs = first.is_dir() and not (first / "config.json").is_file()
     save_to = first / "comparison" if holds_runs else Path("comparison")
+    unreadable = [row for row in rows if row["status"] == UNREADABLE]
+    if explain and unreadable:  # a notebook's table cuts long cells: each reason in full
+        print(f"{len(unreadable)} of {len(rows)} run folders cannot be read, left out of figures:")
+        print("\n".join(f"  {row['run_dir']}: {row['error']}" for row in unreadable))
+    if len(unreadable) == len(rows):
+        # the table says why each failed; a user expects that, not an error or empty figures
+        problem = f"the {len(rows)} run folder(s) found cannot be read; the error column says why"
+        return Comparison(rows, {}, save_to, problem)
     return Comparison(rows, comparison_figures(rows), save_to, "")

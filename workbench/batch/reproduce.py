@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,7 +30,8 @@ from typing import Any
 
 from workbench.config import Config, config_fields
 from workbench.presets import NON_EXPERIMENT_FIELDS, PRESETS, paper_presets
-from workbench.records import Status, atomic_write_bytes
+from workbench.records import Status, UnreadableFile, atomic_write_bytes
+from workbench.runs import read_run_files
 
 COLUMNS = (
     "preset",
@@ -57,7 +57,7 @@ MODIFIED_COPY = "modified copy"
 IDENTITY_FIELDS = ("dataset", "arch")
 
 
-class RunFolderError(ValueError):
+class UnusableRun(ValueError):
     """A folder that looks like a run but cannot be read; the message is the reason."""
 
 
@@ -98,22 +98,20 @@ def find_runs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def read_run(path: str | Path) -> Run:
-    """The run's config and summary; RunFolderError (with the reason) when either is unusable."""
+    """The run's config and summary; UnusableRun (with the reason) when either is unusable."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise RunFolderError("no config.json")
-    try:
-        config = Config.load(path / "config.json")
-    except (OSError, ValueError) as e:  # ConfigError and JSONDecodeError are ValueErrors
-        raise RunFolderError(f"config.json: {_one_line(e)}") from None
+        raise UnusableRun("no config.json")
     if not (path / "summary.json").is_file():
-        raise RunFolderError("no summary.json (the run has not started)")
+        raise UnusableRun("no summary.json (the run has not started)")
+    try:  # read as every reader of run folders reads them, with the same reasons
+        saved, summary = read_run_files(path)
+    except UnreadableFile as e:
+        raise UnusableRun(str(e)) from None
     try:
-        summary = json.loads((path / "summary.json").read_text())
-    except (OSError, ValueError) as e:
-        raise RunFolderError(f"summary.json: {_one_line(e)}") from None
-    if not isinstance(summary, dict):
-        raise RunFolderError(f"summary.json holds a {type(summary).__name__}, not an object")
+        config = Config.from_dict(saved)
+    except ValueError as e:  # a ConfigError: a field or value this workbench does not take
+        raise UnusableRun(f"config.json: {_one_line(e)}") from None
     return Run(path, config, summary)
 
 
@@ -217,7 +215,7 @@ def reproduction_table(
     for path in run_dirs:
         try:
             run = read_run(path)
-        except RunFolderError as e:
+        except UnusableRun as e:
             notes.append(f"skipped {path}: {e}")
             continue
         match = match_preset(run.config)

@@ -7,6 +7,10 @@ variant and module, figures with error bars, and `effect()`, which says whether 
 larger than its spread. A folder's name carries a hash of its config, so running a notebook again
 with the same parameters reuses the finished runs (and resumes unfinished ones), while changed
 parameters train new ones instead of clashing with the old folders.
+
+A run folder whose config.json, summary.json or metrics.jsonl cannot be read stays in `results`
+as one row (status `unreadable`, the reason in `error`, no module), and every mean, spread and
+curve is taken over the other runs.
 """
 
 from __future__ import annotations
@@ -22,10 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.batch.compare import read_json, write_csv
+from workbench.batch.compare import UNREADABLE, read_compared_run, write_csv
 from workbench.batch.notebook import EpochPrinter
 from workbench.config import DEFAULTS, FIELD_INFO, Config
-from workbench.records import RESUMABLE_DIFFERENCES, Status, read_metrics
+from workbench.records import (
+    RESUMABLE_DIFFERENCES,
+    Status,
+    UnreadableFile,
+    read_json_quietly,
+    read_metrics,
+)
 
 # Results of full-scale runs (a results.csv each, named after its notebook), committed when one
 # exists, so a notebook can draw the paper-scale result beside the laptop one.
@@ -109,16 +119,26 @@ class Effect:
 class Series:
     """Runs of several variants and seeds: tidy per-module results and their summaries."""
 
-    results: list[dict[str, Any]]  # one row per run and module: variant, seed, module, test_acc...
+    # one row per run and module: variant, seed, module, test_acc...; one per unreadable run
+    results: list[dict[str, Any]]
     variants: list[str]
     figures: dict[str, Any] = field(default_factory=dict)
     # one row per run and epoch: the network's (last module's) test accuracy after that epoch
     curves: list[dict[str, Any]] = field(default_factory=list)
 
+    def measured(self, variant: str) -> list[dict[str, Any]]:
+        """`variant`'s rows of readable runs (an unreadable run's row has no module)."""
+        return [r for r in self.results if r["variant"] == variant and "module" in r]
+
+    @property
+    def unreadable(self) -> list[dict[str, Any]]:
+        """The rows of runs that could not be read: variant, seed, status, error, run_dir."""
+        return [r for r in self.results if r.get("status") == UNREADABLE]
+
     def values(self, variant: str, module: int = -1, metric: str = "test_acc") -> list[float]:
-        """`metric` of `variant` at `module` (1-indexed; -1 the last) over its seeds."""
-        rows = [r for r in self.results if r["variant"] == variant]
-        last = max(r["module"] for r in rows)
+        """`metric` of `variant` at `module` (1-indexed; -1 the last) over its readable seeds."""
+        rows = self.measured(variant)
+        last = max((r["module"] for r in rows), default=0)
         k = last + 1 + module if module < 0 else module
         return [r[metric] for r in rows if r["module"] == k and r.get(metric) is not None]
 
@@ -127,7 +147,7 @@ class Series:
         metrics = [m for m in ("test_acc", "probe_acc") if any(m in r for r in self.results)]
         out = []
         for variant in self.variants:
-            modules = sorted({r["module"] for r in self.results if r["variant"] == variant})
+            modules = sorted({r["module"] for r in self.measured(variant)})
             for k in modules:
                 row: dict[str, Any] = {"variant": variant, "module": k}
                 for metric in metrics:
@@ -140,11 +160,13 @@ class Series:
 
     def headline(self) -> list[dict[str, Any]]:
         """Per variant: the last module's and the layer ensemble's accuracy, the wall time and
-        the peak memory, mean and sd."""
+        the peak memory, mean and sd; with unreadable runs, how many each variant has."""
         out = []
         for variant in self.variants:
-            firsts = [r for r in self.results if r["variant"] == variant and r["module"] == 1]
+            firsts = [r for r in self.measured(variant) if r["module"] == 1]
             row: dict[str, Any] = {"variant": variant, "seeds": len(firsts)}
+            if self.unreadable:
+                row["unreadable"] = sum(r["variant"] == variant for r in self.unreadable)
             for metric in ("final_test_acc", "ensemble_test_acc", "wall_time_s",
                            "peak_memory_bytes"):  # fmt: skip
                 values = [r[metric] for r in firsts if r.get(metric) is not None]
@@ -236,7 +258,8 @@ class Series:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             rows = [{k: _number(k, v) for k, v in row.items() if v != ""} for row in reader]
-        if not rows or not {"variant", "module", "test_acc"} <= rows[0].keys():
+        # the header, not the first row: an unreadable run's row has no module or test_acc
+        if not rows or not {"variant", "module", "test_acc"} <= set(reader.fieldnames or ()):
             raise ValueError(f"{path}: not a results.csv (needs variant, seed, module, test_acc)")
         series = cls(rows, list(dict.fromkeys(r["variant"] for r in rows)))
         series.figures = series_figures(series)
@@ -257,7 +280,7 @@ class Series:
 
 
 def _number(key: str, value: str) -> Any:
-    if key in ("variant", "run_dir"):
+    if key in ("variant", "run_dir", "status", "error"):
         return value
     try:
         return int(value) if key in ("seed", "module", "peak_memory_bytes") else float(value)
@@ -272,10 +295,16 @@ def full_scale_results(name: str, folder: str | Path = FULL_SCALE_DIR) -> Series
 
 
 def series_results(runs: Mapping[tuple[str, int], str | Path]) -> list[dict[str, Any]]:
-    """The tidy table of finished run folders: one row per (variant, seed, module)."""
+    """The tidy table of finished run folders: one row per (variant, seed, module), and one
+    row (variant, seed, status `unreadable`, error, run_dir) per run that cannot be read."""
     rows = []
     for (variant, seed), path in runs.items():
-        summary = read_json(Path(path) / "summary.json")
+        try:
+            _, summary = read_compared_run(Path(path))
+        except UnreadableFile as e:
+            rows.append({"variant": variant, "seed": seed, "status": UNREADABLE,
+                         "error": str(e), "run_dir": str(path)})  # fmt: skip
+            continue
         accs = summary.get("per_module_test_acc") or []
         probes = summary.get("per_module_probe_acc") or []
         for k, acc in enumerate(accs, start=1):
@@ -297,9 +326,14 @@ def series_curves(runs: Mapping[tuple[str, int], str | Path]) -> list[dict[str, 
     """One row per run and epoch: the test accuracy of the run's last module after each of its
     epochs, numbered as the run counts them (global_epoch: for parallel and end-to-end runs
     epochs of the whole net, the budget axis on which they compare; sequentially, the last
-    module's epochs come after every earlier module's)."""
+    module's epochs come after every earlier module's). Unreadable runs have none (their row
+    in series_results says why)."""
     rows = []
     for (variant, seed), path in runs.items():
+        try:  # series_results' test, so that a run without a row has no curve either
+            read_compared_run(Path(path))
+        except UnreadableFile:
+            continue
         tests = [r for r in read_metrics(Path(path)) if r.get("split") == "test"]
         last = max((r["module"] for r in tests), default=0)
         rows += [
@@ -348,7 +382,8 @@ def run_series(
     configs = variant_configs(base, variants, out_dir, seeds)
     printer = EpochPrinter(every_epoch=every_epoch)
     for (label, seed), config in configs.items():
-        done = read_json(Path(config.out) / "summary.json").get("status") == Status.FINISHED
+        # an unreadable summary is not a finished run: run_experiment resumes or refuses it
+        done = read_json_quietly(Path(config.out) / "summary.json").get("status") == Status.FINISHED
         print(f"== {label}, seed {seed}" + (" (finished before: reused)" if done else ""))
         summary = run_experiment(config, callbacks=[printer])
         if summary.get("status") != Status.FINISHED:

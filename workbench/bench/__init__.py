@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 from workbench.bench.common import SECTIONS
-from workbench.bench.variants import tensor_memory
+from workbench.memory import tensor_memory
 
 __all__ = ["add_bench_arguments", "bench_main", "tensor_memory"]
 

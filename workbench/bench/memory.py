@@ -94,12 +94,25 @@ class MemorySections:
                 peak = self.peak_memory(trainer)
                 del trainer
                 e2e = e2e or peak["peak_bytes"]
+                # the run's own estimate (memory_estimate.py) knows configs, not the bench's
+                # options (checkpointing, a prefix under autograd): those rows have none
+                estimate = None if options else self.estimated_training_bytes(config, data)
                 out["rows"].append(
                     {"variant": label, "n_modules": k, **peak, "parameter_bytes": params,
-                     "ratio_to_end_to_end": peak["peak_bytes"] / e2e}
+                     "ratio_to_end_to_end": peak["peak_bytes"] / e2e,
+                     "estimated_bytes": estimate,
+                     "estimate_to_measured": estimate / peak["peak_bytes"] if estimate else None}
                 )  # fmt: skip
                 self.log(f"memory, {k} modules, {label}: {peak['peak_bytes'] / 2**20:.1f} MiB")
         return out
+
+    def estimated_training_bytes(self, config: Any, data: Any) -> int:
+        """What run_experiment estimates the same steps allocate (gradients, optimizer state,
+        activations), before training."""
+        from workbench.training.memory_estimate import estimate_memory
+
+        memory = estimate_memory(config, data.num_classes, self.device, len(data.train_y), 0)
+        return memory.training
 
     def memory_how(self) -> str:
         if self.device.type == "cuda":
@@ -124,7 +137,7 @@ def peak_of(trainer: Any, device: Any) -> dict[str, int]:
     the bytes of tensors made during training on the CPU."""
     import torch
 
-    from workbench.bench.variants import tensor_memory
+    from workbench.memory import tensor_memory
 
     def train() -> None:
         for phase in trainer.phases:
@@ -194,4 +207,31 @@ def memory_markdown(mem: dict[str, Any]) -> list[str]:
         *note,
         f"Measured as: {mem['how']}. Objectives other than the run's train in parallel, with "
         "the config's optimizer.",
+        *estimate_markdown(mem),
+    ]
+
+
+def estimate_markdown(mem: dict[str, Any]) -> list[str]:
+    """The estimate a run makes before training, against the measured peak: a row per
+    variant, the ratio at each module count."""
+    counts = mem["n_modules"]
+    ratios: dict[str, dict[int, str]] = {}
+    for row in mem["rows"]:
+        if row.get("estimate_to_measured"):
+            ratios.setdefault(row["variant"], {})[row["n_modules"]] = (
+                f"{row['estimate_to_measured']:.2f}"
+            )
+    if not ratios:
+        return []
+    lines = ["| variant | " + " | ".join(f"K = {k}" for k in counts) + " |"]
+    lines.append("|" + "---|" * (len(counts) + 1))
+    for variant, by_k in ratios.items():
+        lines.append(f"| {variant} | " + " | ".join(by_k.get(k, "") for k in counts) + " |")
+    return [
+        "## The memory estimate against the measured peak (estimated / measured)",
+        "\n".join(lines),
+        "The estimate is what `workbench run` computes before training (memory_estimate.py: "
+        "gradients, optimizer state and the activations a step keeps, from the net traced on "
+        "the meta device) for the same steps; rows the bench trains with options the config "
+        "does not hold (checkpointing, a prefix under autograd) have none.",
     ]

@@ -1,9 +1,6 @@
-"""The engine with its fast paths switchable, and CPU tensor memory."""
+"""The engine with its fast paths switchable."""
 
 from __future__ import annotations
-
-import weakref
-from typing import Any
 
 
 def variant_class() -> type:
@@ -96,50 +93,3 @@ def variant_class() -> type:
             return [self.train_pass(phase, 0)[2] for phase in phases]
 
     return Variant
-
-
-def _tensor_memory_class() -> type:
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
-    class TensorMemoryMode(TorchDispatchMode):
-        """Live and peak bytes of the tensors allocated while active (any device).
-
-        The CPU has no allocator statistics, and ru_maxrss only ever grows in a process, so
-        each op's new output storages are counted until they are freed. Storages an op only
-        returns (in-place ops, views) are not new; tensors made before entry are not counted.
-        """
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.live = self.peak = 0
-            self.seen: set[int] = set()
-
-        def _freed(self, key: int, nbytes: int) -> None:
-            self.seen.discard(key)
-            self.live -= nbytes
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            tensors = tree_leaves((args, kwargs))
-            inputs = {id(t.untyped_storage()) for t in tensors if isinstance(t, torch.Tensor)}
-            for t in tree_leaves(out):
-                if not isinstance(t, torch.Tensor):
-                    continue
-                storage = t.untyped_storage()  # one Python object per storage while it lives
-                key = id(storage)
-                if key in inputs or key in self.seen:
-                    continue
-                self.seen.add(key)
-                self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(storage, self._freed, key, storage.nbytes())
-            return out
-
-    return TensorMemoryMode
-
-
-def tensor_memory() -> Any:
-    """A context manager whose `.peak` is the peak bytes of tensors allocated inside it."""
-    return _tensor_memory_class()()

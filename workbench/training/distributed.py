@@ -19,7 +19,8 @@ and trains the same model from the same seed:
   accuracies are summed over the ranks; evaluation runs on every rank over the whole test
   set with the same weights (so no rank waits on another), and rank 0 records it.
 - stop: every STOP_CHECK_STEPS steps the ranks all-reduce their stop flags, so a stop on any
-  rank (the time estimate's gate, a SIGINT or SIGTERM, which torchrun forwards to every rank)
+  rank (the time estimate's gate, a SIGINT, SIGTERM or SIGHUP, which torchrun forwards to
+  every rank)
   ends them all at the same step, status 'stopped'.
 - resume: rank 0 loads the checkpoint and broadcasts the state it restored to the others, so
   their machines need not see the run folder.
@@ -32,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import signal
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -84,7 +84,6 @@ class Ranks:
 
 
 _SESSION: Ranks | None = None  # set while run_experiment runs under torchrun
-_SIGNALLED = threading.Event()  # a SIGINT or SIGTERM arrived: stop at the next step
 
 
 def under_torchrun() -> bool:
@@ -107,8 +106,8 @@ def join(device: torch.device) -> Iterator[Ranks | None]:
     """Join torchrun's process group for one run; yields None (and does nothing) without it.
 
     The group is left at the end unless it was there before (a script that made its own).
-    SIGINT and SIGTERM stop the run at the next step instead of interrupting a collective
-    (a second signal interrupts).
+    A stop signal sets the run's stop flag (run_experiment's stop_on_signals), which RankStop
+    shares, so the ranks stop together between steps instead of inside a collective.
     """
     global _SESSION
     if not under_torchrun():
@@ -116,14 +115,11 @@ def join(device: torch.device) -> Iterator[Ranks | None]:
         return
     owned = not dist.is_initialized()
     ranks = _init(device)
-    handlers = _catch_stop_signals()
     _SESSION = ranks
     try:
         yield ranks
     finally:
         _SESSION = None
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
         if owned:
             dist.destroy_process_group()
 
@@ -147,26 +143,12 @@ def _init(device: torch.device) -> Ranks:
     return Ranks(rank, world, local, device, backend, host)
 
 
-def _catch_stop_signals() -> dict[int, Any]:
-    """SIGINT and SIGTERM set the stop flag; returns the handlers they replaced."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}  # signals reach the main thread only; a run in a thread keeps its owner's
-    _SIGNALLED.clear()
-
-    def stop_at_next_step(signum: int, frame: Any) -> None:
-        if _SIGNALLED.is_set():
-            raise KeyboardInterrupt  # the second signal: no more waiting for a step's end
-        _SIGNALLED.set()
-
-    return {s: signal.signal(s, stop_at_next_step) for s in (signal.SIGINT, signal.SIGTERM)}
-
-
 STOP_CHECK_STEPS = 8  # the ranks agree on stopping every this many steps, not at every one
 
 
 class RankStop:
     """The ranks' shared stop flag: `is_set` is true on every rank once any rank's own flag is
-    set (or a signal came). Every rank calls it at the same steps; every STOP_CHECK_STEPS-th
+    set (by a signal, say). Every rank calls it at the same steps; every STOP_CHECK_STEPS-th
     call (the first included) is a collective over the host group, and the calls between
     return False without one, so a stop takes at most that many steps to reach every rank."""
 
@@ -182,7 +164,7 @@ class RankStop:
         self.calls += 1
         if self.agreed or (self.calls - 1) % self.every:
             return self.agreed
-        flag = torch.tensor([int(self.local.is_set() or _SIGNALLED.is_set())], dtype=torch.int32)
+        flag = torch.tensor([int(self.local.is_set())], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ranks.host_group)
         self.agreed = bool(flag.item())
         return self.agreed

@@ -48,6 +48,12 @@ from workbench.training.device import (
 )
 from workbench.training.estimate import CostModel, EstimateMixin, SpeedProbe
 from workbench.training.evaluation import EvaluationMixin, auto_eval_batch_size
+from workbench.training.memory_estimate import (
+    MemoryEstimate,
+    OutOfMemory,
+    is_out_of_memory,
+    out_of_memory_message,
+)
 from workbench.training.methods import Phase, learning_rate, plan, restarts_momentum
 from workbench.training.timing import Clock
 
@@ -108,6 +114,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         self.driver, self.sync = driver or InProcess(), sync or Alone()
         self.callbacks = list(callbacks)
         self.stop = stop or threading.Event()
+        self.memory: MemoryEstimate | None = None  # the run's estimate (run.py sets it)
         self.clock = clock or Clock()
         # the device alone, not this Trainer: a Trainer -> clock -> Trainer cycle would keep a
         # finished run's model and data on the GPU until the cyclic garbage collector ran
@@ -506,6 +513,11 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
                     except Diverged as e:
                         self.run.append_metrics(e.rows)
                         raise
+                    except Exception as e:  # an allocation that failed: one line, as failed
+                        if not is_out_of_memory(e):
+                            raise
+                        where = (phase.modules, phase.first_epoch + epoch + 1, self.device)
+                        raise OutOfMemory(out_of_memory_message(e, *where, self.memory)) from e
                     with self.clock.part("checkpoints"):
                         self.record_epoch(summary, index, phase, epoch, rows)
                     self.emit(

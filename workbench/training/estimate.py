@@ -190,6 +190,7 @@ class EstimateMixin:
     global_epoch: int
     estimated: bool
     cost: CostModel | None
+    memory: Any  # the run's MemoryEstimate, or None
     emit: Callable[[str, dict[str, Any]], None]
     sync: Any
 
@@ -221,6 +222,7 @@ class EstimateMixin:
         index = self.phases.index(phase)
         flops_per_s = images_per_s * cost.train_per_image(phase)
         left = phase.epochs - epoch + sum(p.epochs for p in self.phases[index + 1 :])
+        memory = self.memory
         self.emit(
             ESTIMATE,
             {
@@ -228,6 +230,15 @@ class EstimateMixin:
                 "images_per_s": images_per_s,
                 "epochs_left": left,
                 "device": str(self.device),
+                **(
+                    {
+                        "memory_bytes": memory.peak,
+                        "memory_held_bytes": memory.held_before,
+                        "memory_available_bytes": memory.available,
+                    }
+                    if memory is not None
+                    else {}
+                ),
             },
         )
 

@@ -49,6 +49,7 @@ from workbench.training.pipeline_worker import (
     staleness_bound,
     worker_main,
 )
+from workbench.training.stop_signals import STOP_SIGNALS
 
 if TYPE_CHECKING:
     from workbench.training.engine import Trainer
@@ -145,7 +146,7 @@ class Pipeline:
                 target=worker_main, args=(spec, channels), name=f"workbench-module-{k + 1}"
             )
             process.daemon = True  # never outlives the main process
-            with _sigint_ignored():  # inherited: Ctrl-C is the main process's to handle
+            with _stop_signals_ignored():  # inherited: stopping is the main process's to do
                 process.start()
             self.processes.append(process)
         deadline = time.monotonic() + START_S
@@ -351,14 +352,17 @@ class Pipelined(InProcess):
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while a worker is spawned (it inherits that from birth), where this is
-    the main thread; elsewhere (a notebook's training thread) the worker ignores it itself."""
+def _stop_signals_ignored() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP ignored while a worker is spawned (it inherits that from
+    birth), where this is the main thread; elsewhere (a notebook's training thread) the worker
+    ignores them itself. A signal sent to the whole process group (systemd, a terminal) then
+    reaches the main process alone, which stops the workers (close) at the next step."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -37,6 +37,7 @@ from workbench.training.device import (
     run_precision,
 )
 from workbench.training.methods import Phase, learning_rate, restarts_momentum
+from workbench.training.stop_signals import STOP_SIGNALS
 
 QUEUE_DEPTH = 2  # batches in flight between two modules (each inbox's bound)
 POLL_S = 0.1  # how often a waiting process looks at the stop flag and its parent
@@ -215,7 +216,8 @@ def worker_main(spec: WorkerSpec, channels: dict[str, Any]) -> None:
     channels: control (main -> this worker), inbox/outbox (None for the last module), results
     (-> main), stop (an Event), produced_in/produced_out (the producers' shared counters).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    for s in STOP_SIGNALS:  # stopping is the main process's to do: it tells the workers
+        signal.signal(s, signal.SIG_IGN)
     k, results, stop = spec.module, channels["results"], channels["stop"]
     try:
         torch.set_num_threads(spec.threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -27,9 +28,18 @@ from workbench.training.device import (
     resolve_device,
     tf32_in_effect,
 )
-from workbench.training.distributed import join, open_run, sync_strategy, watchers, world_size
+from workbench.training.distributed import (
+    join,
+    open_run,
+    sync_strategy,
+    under_torchrun,
+    watchers,
+    world_size,
+)
 from workbench.training.engine import Trainer
+from workbench.training.memory_estimate import MemoryEstimate, estimate_memory, refuse_if_too_big
 from workbench.training.pipeline import Pipelined
+from workbench.training.stop_signals import stop_on_signals
 from workbench.training.timing import Clock
 
 
@@ -37,6 +47,7 @@ def run_experiment(
     config: Config,
     callbacks: Sequence[Callback] = (),
     stop: threading.Event | None = None,
+    check_memory: bool = True,
 ) -> dict[str, Any]:
     """Train `config` into its run folder and return the summary (also in summary.json).
 
@@ -44,17 +55,25 @@ def run_experiment(
     The run holds its folder's lock until it returns or raises: a second run on the folder is
     refused, naming this one. A run folder holding an unfinished run of the same config
     resumes from its checkpoint; a finished one is returned as it is. Stopping (the flag, or
-    Ctrl-C) leaves status 'stopped'; a diverged run or a failed write leaves 'failed', with the
-    error, and raises (RunFailed: one line for the user).
+    SIGINT, SIGTERM or SIGHUP once training is under way: stop_signals.py) leaves status
+    'stopped'; a diverged run or a failed write leaves 'failed', with the error, and raises
+    (RunFailed: one line for the user). The run's peak memory is estimated before training
+    (memory_estimate.py) and recorded; a config whose estimate does not fit in what the device
+    has available is refused (MemoryRefused) unless `check_memory` is False, and an allocation
+    that fails in training ends the run as failed, naming where.
     """
+    stop = stop if stop is not None else threading.Event()
     clock = Clock()
     device = resolve_device(config.device)
     check_speed_options(config)
     objective_class(config.objective).check(config)  # what only the objective knows it needs
     with clock.part("data"):
         data = load_data(config)
+    memory = memory_estimate(config, data, device)
+    if check_memory and memory is not None:
+        refuse_if_too_big(memory, config, device)
     # under torchrun: this process's rank joins the others, and rank 0 writes the run folder
-    with join(device) as ranks, open_run(config, ranks) as run:
+    with stop_on_signals(stop) as signals, join(device) as ranks, open_run(config, ranks) as run:
         device = ranks.device if ranks else device
         reset_peak_memory(device)  # this run's peak, not the largest of any run in this process
         previous = run.read_summary()
@@ -62,7 +81,7 @@ def run_experiment(
             return previous
         # cuDNN's autotuner and the TF32 choice for this run; the process's own are put back
         with applied(backend_settings(device, config.tf32)):
-            return _train(run, data, device, callbacks, stop, clock)
+            return _train(run, data, device, callbacks, stop, clock, memory, signals)
 
 
 def _train(
@@ -70,10 +89,13 @@ def _train(
     data: ImageData,
     device: torch.device,
     callbacks: Sequence[Callback],
-    stop: threading.Event | None,
+    stop: threading.Event,
     clock: Clock,
+    memory: MemoryEstimate | None = None,
+    signals: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """The body of run_experiment, inside the run folder's lock."""
+    """The body of run_experiment, inside the run folder's lock; `signals`: the stop signals
+    received so far (filled in by stop_on_signals)."""
     config = run.config
     model = build_model(config, data.num_classes).to(device)
     # pipeline: the same Trainer, whose modules train in worker processes (pipeline.py);
@@ -82,6 +104,7 @@ def _train(
     trainer = Trainer(
         config, run, model, data, device, watchers(callbacks), stop, clock, driver, sync_strategy()
     )
+    trainer.memory = memory
     summary = Summary(
         run_dir=str(run.path),
         method=config.method,
@@ -102,6 +125,8 @@ def _train(
         trunk_params=[sum(p.numel() for p in m.parameters()) for m in model.trunk],
         head_params=[sum(p.numel() for p in h.parameters()) for h in model.heads],
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        memory_estimate_bytes=memory.peak if memory else None,
+        memory_available_bytes=memory.available if memory else None,
     )
     try:
         run.write_summary(summary.to_dict())
@@ -110,6 +135,7 @@ def _train(
         summary.status = Status.FINISHED
     except (StopRequested, KeyboardInterrupt):
         summary.status = Status.STOPPED
+        summary.stopped_by = signals[0].name if signals else None
     except Exception as e:
         summary.status = Status.FAILED
         summary.error = f"{type(e).__name__}: {e}"
@@ -131,3 +157,15 @@ def _train(
             trainer.close()
             trainer.emit(RUN_END, {"summary": final})
     return final
+
+
+def memory_estimate(config: Config, data: ImageData, device: torch.device) -> MemoryEstimate | None:
+    """The run's estimated peak memory on its device (on a torchrun rank's own GPU); None
+    where the net cannot be traced on the meta device: an estimate never stops a run."""
+    if device.type == "cuda" and under_torchrun():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    try:
+        sizes = [data.provenance.get(f"n_{split}") or 0 for split in ("train", "test")]
+        return estimate_memory(config, data.num_classes, device, *sizes)
+    except Exception:
+        return None

@@ -4,12 +4,15 @@
     WorkbenchPanel()            # in a notebook cell: shows the panel
 
 Training runs in a background thread so the panel stays responsive; Stop sets the run's stop
-flag, which the loop checks between steps, and the run folder is left with status 'stopped'.
+flag, which the loop checks between steps, and the run folder is left with status 'stopped';
+a kernel sent SIGTERM or SIGHUP (a server shutting down, a job's time limit) does the same
+before it ends.
 Start on the config of a stopped run (with `out` empty) resumes it in its folder; a changed
 config starts a new run; the panel says which. Before a run starts, a config estimated far too
 big for the device (over WARN_ABOVE_S) waits for a second Start; after its first steps a run's
 estimated time shows under the buttons, and a run estimated over a day stops there until Start
-is pressed again. The runs browser below the plots lists past runs from disk.
+is pressed again; a config estimated to need more memory than the device has available is
+refused until Start is pressed again. The runs browser below the plots lists past runs from disk.
 """
 
 from __future__ import annotations
@@ -99,11 +102,13 @@ class WorkbenchPanel:
         self.browser = RunsBrowser(self.plots, runs_root)
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
+        self.signals_caught = False
         self.summary: dict[str, Any] | None = None
         self.confirmed: Config | None = None  # a long run the user chose to go on with
         self.asked: Config | None = None  # the long run that stopped to ask
         self.asked_dir = ""  # and its folder
         self.warned: Config | None = None  # the config whose size warning was shown
+        self.memory_refused: Config | None = None  # refused for memory: Start again tries it
         history = widgets.Accordion([self.browser.widget], selected_index=None)
         history.set_title(0, "Past runs")
         self.widget = widgets.VBox(
@@ -192,6 +197,11 @@ class WorkbenchPanel:
             return
         self.message.value = note
         self.stop_flag = threading.Event()
+        if not self.signals_caught:  # a kernel told to end (SIGTERM, SIGHUP) stops the run first
+            from workbench.training.stop_signals import stop_thread_on_signals
+
+            stop_thread_on_signals(lambda: (self.stop_flag, self.thread))
+            self.signals_caught = True
         self.start_button.disabled, self.stop_button.disabled = True, False
         self.thread = threading.Thread(target=self._train, args=(config,), daemon=True)
         self.thread.start()
@@ -250,6 +260,7 @@ class WorkbenchPanel:
 
     def _train(self, config: Config) -> None:
         from workbench.training import run_experiment
+        from workbench.training.memory_estimate import MemoryRefused
 
         estimate = [""]
         opening = self.message.value
@@ -275,7 +286,10 @@ class WorkbenchPanel:
 
         try:
             self.summary = run_experiment(
-                config, callbacks=[self.plots, remember], stop=self.stop_flag
+                config,
+                callbacks=[self.plots, remember],
+                stop=self.stop_flag,
+                check_memory=config.replace(out="") != self.memory_refused,
             )
             self.message.value = f"{opening} · run {self.summary['status']}"
             if self.asked is not None:
@@ -283,6 +297,12 @@ class WorkbenchPanel:
                     f"{estimate[0]}: over {format_duration(CONFIRM_ABOVE_S)}, so it stopped to "
                     "ask; press <b>Start</b> again to go on (it resumes)"
                 )
+        except MemoryRefused as e:  # too big for the device, by its estimate: ask
+            self.memory_refused = config.replace(out="")  # a new folder's name may differ
+            self.message.value = (
+                f"<span style='color:#b00'>{html.escape(str(e))}</span><br>press <b>Start</b> "
+                "again to try anyway"
+            )
         except (ConfigError, RunFailed) as e:  # one line: refused, diverged, disk full
             self.message.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
         except Exception:

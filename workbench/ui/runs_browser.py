@@ -1,7 +1,8 @@
 """The panel's runs browser: the run folders under a root, to overlay, export or delete.
 
 Everything it shows is read from the folders (workbench.runs.list_runs), so it works the same
-after a kernel restart: the runs are on disk, not in the kernel.
+after a kernel restart: the runs are on disk, not in the kernel. A folder whose config.json or
+summary.json cannot be read is listed as unreadable with the reason, and can be deleted.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from workbench.batch.compare import read_json, write_csv
-from workbench.records import RunFolderError
+from workbench.batch.compare import write_csv
+from workbench.records import RunFolderError, read_json_quietly
 from workbench.runs import delete_run, list_runs
 from workbench.ui.live import LivePlots, format_acc
 from workbench.ui.plots import save_figures
@@ -23,10 +24,15 @@ from workbench.ui.plots import save_figures
 TABLE_COLUMNS = ("status", "label", "final", "per module", "wall time", "device", "folder")
 
 
+def _status_text(row: dict[str, Any]) -> str:
+    """The row's status, with the reason when the folder is unreadable."""
+    return f"{row['status']}: {row['error']}" if row.get("error") else str(row["status"])
+
+
 def _row_text(row: dict[str, Any]) -> str:
     """One line for the selection list: label, status, final accuracy, folder name."""
     return (
-        f"{row['label']} · {row['status']} · final {format_acc(row['final_test_acc'])}"
+        f"{row['label']} · {_status_text(row)} · final {format_acc(row['final_test_acc'])}"
         f" · {Path(row['run_dir']).name}"
     )
 
@@ -38,7 +44,7 @@ def runs_table_html(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         wall = row["wall_time_s"]
         cells = [
-            row["status"],
+            _status_text(row),
             row["label"],
             format_acc(row["final_test_acc"]),
             " ".join(format_acc(a) for a in row["per_module_test_acc"]) or "-",
@@ -126,14 +132,22 @@ class RunsBrowser:
 
     def overlay_selected(self) -> None:
         """Draw the selected runs' accuracy against depth (and probes) on the depth plot."""
-        rows = [r for r in self.selected() if r["per_module_test_acc"]]
+        selected = self.selected()
+        unreadable = sum(1 for r in selected if r.get("error"))
+        rows = [r for r in selected if r["per_module_test_acc"] and not r.get("error")]
         for row in rows:
-            config = read_json(Path(row["run_dir"]) / "config.json")
+            # read when the list was; one spoiled since then draws unlabelled, not a crash
+            config = read_json_quietly(Path(row["run_dir"]) / "config.json")
             self.plots.keep(
                 row["run_dir"], config, row["per_module_test_acc"], row["per_module_probe_acc"]
             )
-        skipped = len(self.selected()) - len(rows)
-        note = f" ({skipped} without a tested module left out)" if skipped else ""
+        untested = len(selected) - len(rows) - unreadable
+        left_out = []
+        if unreadable:
+            left_out.append(f"{unreadable} unreadable")
+        if untested:
+            left_out.append(f"{untested} without a tested module")
+        note = f" ({' and '.join(left_out)} left out)" if left_out else ""
         self.say(f"{len(rows)} run(s) on the depth plot{note}")
 
     def delete_selected(self) -> None:
