@@ -110,10 +110,14 @@ def estimate_memory(
             kept_sizes.append(x[0].numel() * (2 if half else 4))
     params = [count_bytes(m) + count_bytes(h) for m, h in zip(trunk, heads)]
     steps, state, kept = 0, 0, 0
+    simulated: dict[tuple[int, ...], int] = {}
     phases = plan(config)
     for phase in phases:
         groups = [phase.modules] if phase.joint else [(k,) for k in phase.modules]
-        learner_steps = [step_bytes(trunk, heads, g, inputs[g[0]]) for g in groups]
+        for g in groups:  # a module trained again (multilap) steps as it did before
+            if g not in simulated:
+                simulated[g] = step_bytes(trunk, heads, g, inputs[g[0]])
+        learner_steps = [simulated[g] for g in groups]
         trained = sum(params[k] for k in phase.modules)
         largest = max(range(len(groups)), key=lambda i: learner_steps[i])
         others = trained - sum(params[k] for k in groups[largest])  # their gradients stay
@@ -149,6 +153,9 @@ def step_bytes(
         loss = sum(o.float().sum() for out in outputs for o in out if o.requires_grad)
         if isinstance(loss, torch.Tensor):
             loss.backward()
+    for k in group:  # the next learner's backward makes its own gradients, not adds to these
+        for p in [*trunk[k].parameters(), *heads[k].parameters()]:
+            p.grad = None
     return counted.peak
 
 
