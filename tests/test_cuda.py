@@ -42,6 +42,11 @@ def test_gpu_memory_is_freed_after_a_run(tmp_path: Path) -> None:
     assert check.passed, (check.reason, details)
 
 
+def test_the_memory_estimate_is_near_the_peak_on_cuda(tmp_path: Path) -> None:
+    details, check = cuda.check_memory_estimate(SMALL.config(QUICK, tmp_path / "run"))
+    assert check.passed, (check.reason, details)
+
+
 @pytest.mark.parametrize("compile", [False, True])
 def test_a_run_on_cuda_learns_in_the_precision_of_the_capability_table(
     tmp_path: Path, compile: bool

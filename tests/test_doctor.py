@@ -213,6 +213,18 @@ def test_the_sync_check_watches_every_training_step(tmp_path: Path) -> None:
     assert not cuda.sync_verdict([[]], "warn").passed  # no steady step: nothing was checked
 
 
+def test_the_memory_estimate_check_on_the_cpu(tmp_path: Path) -> None:
+    """The check the doctor runs on cuda:0, here on the CPU: a run's estimate (resident set
+    before training plus what it adds) against its measured peak resident set."""
+    details, check = cuda.check_memory_estimate(RunSpec("parallel").config(QUICK, tmp_path / "r"))
+    assert check.passed, check.reason
+    assert 0.7 <= details["estimated_bytes"] / details["measured_bytes"] <= 1.3
+    assert cuda.estimate_verdict(100 * 2**20, 100 * 2**20, "cpu").passed
+    low = cuda.estimate_verdict(50 * 2**20, 100 * 2**20, "cuda:0")
+    assert not low.passed and "0.50x" in low.reason and "cuda:0" in low.name
+    assert not cuda.estimate_verdict(0, 100, "cpu").passed
+
+
 def test_the_memory_and_precision_verdicts(quick: dict) -> None:
     assert cuda.memory_verdict(4096, 4096).passed and cuda.memory_verdict(4096, 0).passed
     leaked = cuda.memory_verdict(4096, 4608)

@@ -15,7 +15,8 @@ minutes with a GPU). It reports, as measured:
    parallel with pipeline true), 2 torchrun processes (gloo) unless --quick; where CUDA is,
    the same on cuda:0 without and with compile, a parallel run on each other GPU, and with 2
    GPUs or more, pipelined runs across 2 GPUs and 2 torchrun processes (NCCL);
-6. on CUDA: no host sync inside training steps, GPU memory freed after a run; on every device
+6. on CUDA: no host sync inside training steps, GPU memory freed after a run, the run's memory
+   estimate within 0.7 to 1.3 of its measured peak; on every device
    that ran: each run's precision against the capability table.
 
 --quick runs the CPU part only, on fewer images (CI bounds its time with it). --json PATH

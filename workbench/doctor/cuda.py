@@ -1,5 +1,6 @@
-"""The doctor's CUDA checks: no host sync inside training steps, memory freed after a run, and
-the precision each run chose against the capability table.
+"""The doctor's CUDA checks: no host sync inside training steps, memory freed after a run, the
+memory estimate against the measured peak, and the precision each run chose against the
+capability table.
 
 What needs a GPU is small (turning CUDA's sync debug mode on, reading its allocator); the rest
 (watching the steps, the verdicts) runs on the CPU too, where the tests exercise it.
@@ -132,6 +133,32 @@ def check_memory_freed(config: Config) -> tuple[dict[str, Any], Check]:
     run_experiment(config)  # its summary is plain data: nothing of the run on the GPU
     after = torch.cuda.memory_allocated()
     return {"allocated_before": before, "allocated_after": after}, memory_verdict(before, after)
+
+
+ESTIMATE_WITHIN = (0.7, 1.3)  # the memory estimate against a run's measured peak
+
+
+def estimate_verdict(estimated: int, measured: int, device: str) -> Check:
+    """Pass when the run's memory estimate (made before training) is within ESTIMATE_WITHIN
+    of the peak it then measured on `device`."""
+    name = f"memory estimate near the measured peak on {device}"
+    if not estimated or not measured:
+        return Check(name, False, "the run recorded no estimate or no peak")
+    ratio = estimated / measured
+    low, high = ESTIMATE_WITHIN
+    what = f"estimated {estimated / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB"
+    return Check(name, low <= ratio <= high, f"{what}: {ratio:.2f}x (allowed {low} to {high})")
+
+
+def check_memory_estimate(config: Config) -> tuple[dict[str, Any], Check]:
+    """A run's memory_estimate_bytes against its peak_memory_bytes (CUDA's max allocated, the
+    CPU's peak resident set; both since the run started, data and weights included)."""
+    from workbench.training import run_experiment
+
+    summary = run_experiment(config)
+    estimated, measured = summary.get("memory_estimate_bytes"), summary.get("peak_memory_bytes")
+    details = {"estimated_bytes": estimated, "measured_bytes": measured}
+    return details, estimate_verdict(estimated or 0, measured or 0, summary["device"])
 
 
 def precision_verdict(

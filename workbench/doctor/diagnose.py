@@ -156,7 +156,8 @@ def diagnose(
 
 def _cuda_part(exam: Examination, size: Size, folder: Path, gpus: int) -> dict[str, Any]:
     """Each method on cuda:0 (without and with compile), a parallel run on each other GPU,
-    torchrun on 2 GPUs where there are 2; then the sync and memory checks on cuda:0."""
+    torchrun on 2 GPUs where there are 2; then the sync, memory and memory-estimate checks on
+    cuda:0."""
     exam.warm_up(RunSpec("parallel", device="cuda"), size, folder)
     for spec in cuda_specs(gpus):
         exam.run(spec, size, folder)
@@ -175,4 +176,8 @@ def _cuda_part(exam: Examination, size: Size, folder: Path, gpus: int) -> dict[s
         "GPU memory freed after a run",
         lambda: cuda.check_memory_freed(small.config(size, folder / "memory")),
     )
-    return {"sync": sync, "memory": memory}
+    estimate = exam.attempt(
+        "memory estimate near the measured peak",
+        lambda: cuda.check_memory_estimate(small.config(size, folder / "estimate")),
+    )
+    return {"sync": sync, "memory": memory, "estimate": estimate}
