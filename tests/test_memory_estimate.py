@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -228,3 +229,20 @@ def test_the_panel_shows_the_refusal_and_a_second_start_tries_anyway(tmp_path):
                 assert "Start</b> again to try anyway" in panel.message.value
                 assert not (tmp_path / "runs").exists()
     assert "out of memory: module 1, epoch 1" in panel.message.value  # it tried
+
+
+def test_a_pipelined_workers_allocation_failure_is_the_same_one_line(tmp_path, address_space_limit):
+    """Each module's worker process trains under the same limit: the one that cannot allocate
+    reports the out-of-memory line, naming itself, and the run ends failed."""
+    out = tmp_path / "run"
+    args = ["--width=512", "--n-modules=2", "--n-train=512", "--n-test=128", "--batch-size=512",
+            "--method=parallel", "--pipeline=true", f"--out={out}", "--yes"]  # fmt: skip
+    done = run_cli(args, tmp_path, address_space_limit)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.match(
+        r"workbench: error: pipeline: module (\d)'s worker failed: out of memory: module \1, "
+        r"epoch 1: \d+ MiB could not be allocated on cpu; allowed: ",
+        last,
+    ), last
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"

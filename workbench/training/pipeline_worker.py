@@ -36,6 +36,7 @@ from workbench.training.device import (
     memory_format,
     run_precision,
 )
+from workbench.training.memory_estimate import is_out_of_memory, out_of_memory_message
 from workbench.training.methods import Phase, learning_rate, restarts_momentum
 from workbench.training.stop_signals import STOP_SIGNALS
 
@@ -219,6 +220,7 @@ def worker_main(spec: WorkerSpec, channels: dict[str, Any]) -> None:
     for s in STOP_SIGNALS:  # stopping is the main process's to do: it tells the workers
         signal.signal(s, signal.SIG_IGN)
     k, results, stop = spec.module, channels["results"], channels["stop"]
+    at_epoch = 0  # the epoch under way, for an error's message
     try:
         torch.set_num_threads(spec.threads)
         device = torch.device(spec.device)
@@ -244,14 +246,18 @@ def worker_main(spec: WorkerSpec, channels: dict[str, Any]) -> None:
                     module.load(message[1])
                     continue
                 phase, epoch, n_batches = message[1:]
+                at_epoch = phase.first_epoch + epoch + 1
                 report = _epoch(spec, module, inbox, channels, phase, epoch, n_batches, scale)
                 results.put(("report", k, report))
     except Stopped:
         return
-    except BaseException:
+    except BaseException as e:
         text = traceback.format_exc()
         print(f"workbench pipeline: module {k + 1}'s worker failed:\n{text}", file=sys.stderr)
-        results.put(("error", k, text.strip().splitlines()[-1]))
+        line = text.strip().splitlines()[-1]
+        if is_out_of_memory(e):  # the same line as a run in one process gives
+            line = out_of_memory_message(e, (k,), at_epoch, torch.device(spec.device), None)
+        results.put(("error", k, line))
     finally:
         if channels["outbox"] is not None:
             channels["outbox"].cancel_join_thread()  # nobody may read it any more
