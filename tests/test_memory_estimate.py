@@ -21,6 +21,7 @@ from conftest import tiny
 from workbench import Config, run_experiment
 from workbench.bench.memory import training_peak_bytes
 from workbench.events import RUN_START, describe_estimate
+from workbench.memory import cgroup_room
 from workbench.records import RunFailed, read_metrics
 from workbench.training.memory_estimate import (
     MemoryRefused,
@@ -246,3 +247,28 @@ def test_a_pipelined_workers_allocation_failure_is_the_same_one_line(tmp_path, a
         last,
     ), last
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_cgroup_limit_counts_what_the_kernel_cannot_reclaim(tmp_path):
+    """cgroup v2 (a SLURM job's own cgroup under the root), v1 (a container's root), and no
+    limit: the room is the limit less the usage, the inactive page cache not counted."""
+    job = tmp_path / "v2" / "system.slice" / "job_7"
+    job.mkdir(parents=True)
+    (job / "memory.max").write_text(f"{8 * 2**30}\n")
+    (job / "memory.current").write_text(f"{6 * 2**30}\n")
+    (job / "memory.stat").write_text(f"anon 123\ninactive_file {3 * 2**30}\nactive_file 9\n")
+    (tmp_path / "v2" / "memory.max").write_text("max\n")  # the root: no limit
+    (tmp_path / "v2" / "memory.current").write_text("1\n")
+    own = {"v2": "/system.slice/job_7"}
+    assert cgroup_room(tmp_path / "v2", own) == [5 * 2**30]  # 8 - (6 - 3) GiB
+    assert cgroup_room(tmp_path / "v2", {"v2": "/"}) == []  # the root's "max": no limit
+
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{4 * 2**30}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{3 * 2**30}\n")
+    (v1 / "memory.stat").write_text(f"total_inactive_file {2**30}\n")
+    assert cgroup_room(tmp_path / "v1", {"memory": "/docker/abc"}) == [2 * 2**30]
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
+    assert cgroup_room(tmp_path / "v1", {}) == []
+    assert cgroup_room(tmp_path / "none", {}) == []

@@ -12,6 +12,7 @@ import os
 import resource
 import sys
 import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,26 +42,59 @@ def free_memory_bytes(device: torch.device) -> int:
     return min(limits)
 
 
-def cgroup_room() -> list[int]:
-    """Bytes left under this process's cgroup memory limit (v2, else v1), if one is set."""
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
-    ):
+CGROUP = Path("/sys/fs/cgroup")
+V2 = ("memory.max", "memory.current", "inactive_file")  # limit, usage, reclaimable cache
+V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+
+
+def cgroup_room(root: Path = CGROUP, own: dict[str, str] | None = None) -> list[int]:
+    """Bytes left under the first cgroup memory limit set on this process, if any: the limit
+    less the usage the kernel cannot reclaim (the inactive page cache, such as a dataset read
+    once, is left out, as Kubernetes' working set leaves it). Looked for in the process's own
+    cgroup (a SLURM job's, a systemd unit's), then at the hierarchy's root (a container's own),
+    for cgroup v2 then v1. `own`: the process's cgroup paths ({"v2": ..., "memory": ...}, from
+    /proc/self/cgroup unless given)."""
+    own = _own_cgroups() if own is None else own
+    places = [(root / own.get("v2", "/").lstrip("/"), V2), (root, V2)]
+    memory = root / "memory"
+    places += [(memory / own.get("memory", "/").lstrip("/"), V1), (memory, V1)]
+    for folder, (limit_name, usage_name, cache_key) in places:
         try:
-            with open(limit_file) as f:
-                limit = f.read().strip()
-            with open(usage_file) as f:
-                usage = int(f.read().strip())
+            limit = (folder / limit_name).read_text().strip()
+            usage = int((folder / usage_name).read_text())
         except (OSError, ValueError):
             continue
         if limit.isdigit() and int(limit) < 2**60:  # not "max", nor v1's huge "unlimited"
-            return [max(0, int(limit) - usage)]
-        return []
+            cache = _stat_value(folder / "memory.stat", cache_key)
+            return [max(0, int(limit) - (usage - cache))]
     return []
+
+
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup v2 path (`0::/path`) and v1 memory path (`N:memory:/path`)."""
+    found: dict[str, str] = {}
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            number, controllers, path = line.split(":", 2)
+            if number == "0" and not controllers:
+                found["v2"] = path
+            elif "memory" in controllers.split(","):
+                found["memory"] = path
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def _stat_value(path: Path, key: str) -> int:
+    """A `key value` line of a cgroup's memory.stat; 0 where there is none."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def proc_bytes(path: str, field: str) -> int | None:
