@@ -21,6 +21,7 @@ import psutil  # a dependency of distributed
 import pytest
 
 from workbench.batch.sweep import SweepError, expand_grid, load_grid, run_sweep
+from workbench.batch.sweep_point import KERNEL_START_TRIES
 
 BIN = Path(sys.executable).parent
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -151,7 +152,9 @@ def test_a_local_cluster_runs_two_points_at_a_time_and_records_the_failing_one(s
     assert (
         first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]
     )
-    assert first["kernel_start_tries"] == second["kernel_start_tries"] == 1
+    # a kernel that did not start in time on a loaded machine is started again, by design
+    # (a clean-clone CI run saw one such retry): each point's kernel started within its tries
+    assert all(1 <= p["kernel_start_tries"] <= KERNEL_START_TRIES for p in (first, second))
     # each worker's point process (and its kernel) got a GPU of its own, dealt round robin
     assert {first["cuda_visible_devices"], second["cuda_visible_devices"]} == {"5", "7"}
     assert (out / "grid.yaml").read_text() == GRID
