@@ -97,6 +97,12 @@ def _stat_value(path: Path, key: str) -> int:
     return 0
 
 
+def keep_budget_bytes(free: int) -> int:
+    """What a run may keep of outputs it computed (a frozen prefix's outputs on the test or
+    training set) out of `free` bytes: half, the rest is for training itself."""
+    return free // 2
+
+
 def proc_bytes(path: str, field: str) -> int | None:
     """A `field:  N kB` line of a Linux /proc file (meminfo, self/status) in bytes; None
     where there is no such file or line."""

@@ -33,7 +33,7 @@ from workbench.local.learner import LocalLearner, training_body
 from workbench.local.objective import LocalInputs
 from workbench.local.objectives import objective_class
 from workbench.local.optim import autocast
-from workbench.memory import free_memory_bytes, peak_memory_bytes
+from workbench.memory import free_memory_bytes, keep_budget_bytes, peak_memory_bytes
 from workbench.models import LayerwiseNet
 from workbench.records import RunDir, RunFailed
 from workbench.summary import Summary
@@ -253,7 +253,7 @@ class Trainer(EvaluationMixin, CheckpointMixin, EstimateMixin):
         x, _ = next(parts)
         first = self.prefix_features(phase, x.contiguous(memory_format=self.memory_format))
         need = len(plain.y) * first[0].numel() * first.element_size()
-        budget = free_memory_bytes(self.device) // 2  # the rest is for training itself
+        budget = keep_budget_bytes(free_memory_bytes(self.device))
         if need > budget:
             warnings.warn(
                 f"cache_features: module {phase.modules[0] + 1}'s inputs for {len(plain.y)} "

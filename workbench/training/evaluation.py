@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from workbench.data import Batches, statistics_batches, statistics_indices
-from workbench.memory import free_memory_bytes
+from workbench.memory import free_memory_bytes, keep_budget_bytes
 from workbench.metrics import (
     Evaluation,
     evaluate,
@@ -101,7 +101,7 @@ class EvaluationMixin:
         half the free memory (each evaluation then runs the prefix again)."""
         self.model.eval()
         cached, need = [], 0
-        budget = free_memory_bytes(self.device) // 2
+        budget = keep_budget_bytes(free_memory_bytes(self.device))
         with self.evaluation_layout():
             for x, y in self.formatted(self.test_batches):
                 features = self.prefix_features(phase, x)
@@ -134,6 +134,7 @@ class EvaluationMixin:
                 batches, start = self.test_features, prefix
             else:
                 batches, start = self.formatted(self.test_batches), 0
+            budget = keep_budget_bytes(free_memory_bytes(self.device)) if keep_outputs else 0
             result = evaluate(
                 self.model,
                 batches,
@@ -142,7 +143,7 @@ class EvaluationMixin:
                 start=start,
                 first=prefix,
                 keep_logits=True,
-                keep_outputs=free_memory_bytes(self.device) // 2 if keep_outputs else 0,
+                keep_outputs=budget,
             )
         if result.outputs is not None:
             self.kept_outputs = (upto, result.outputs)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from torch import nn
 
 from workbench.config import Config, ConfigError
 from workbench.events import format_bytes
-from workbench.memory import free_memory_bytes, proc_bytes, tensor_memory
+from workbench.memory import free_memory_bytes, keep_budget_bytes, proc_bytes, tensor_memory
 from workbench.records import RunFailed
 from workbench.training.device import choose_precision, device_capability
 from workbench.training.methods import plan
@@ -65,9 +65,6 @@ class MemoryEstimate:
 
     def fits(self) -> bool:
         return self.added <= self.available
-
-    def to_dict(self) -> dict[str, int]:
-        return {**asdict(self), "peak": self.peak}
 
     def describe(self, device: torch.device) -> str:
         """`about 1.2 GiB at its peak (0.8 GiB a training step, ...), 20 GiB available on cpu`."""
@@ -123,9 +120,10 @@ def estimate_memory(
         others = trained - sum(params[k] for k in groups[largest])  # their gradients stay
         steps = max(steps, learner_steps[largest] // (2 if half else 1) + others)
         state = max(state, trained * optimizer_slots(config))
+    available = free_memory_bytes(device)
     if config.method == "sequential" and len(phases) > 1:
         largest_kept = max(kept_sizes[:-1], default=0) * n_test
-        kept = largest_kept if largest_kept <= free_memory_bytes(device) // 2 else 0
+        kept = largest_kept if largest_kept <= keep_budget_bytes(available) else 0
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     return MemoryEstimate(
         held_before=held_bytes(device),
@@ -133,7 +131,7 @@ def estimate_memory(
         steps=steps,
         optimizer_state=state,
         kept_outputs=kept,
-        available=free_memory_bytes(device),
+        available=available,
     )
 
 
@@ -198,9 +196,7 @@ def refuse_if_too_big(estimate: MemoryEstimate, config: Config, device: torch.de
 
 
 # -- an allocation that failed during training ----------------------------------------------------
-_ASKED = re.compile(
-    r"(?:tried to allocate|Tried to allocate)\s+([\d.]+)\s*(bytes|[KMGT]iB|B)?", re.IGNORECASE
-)
+_ASKED = re.compile(r"tried to allocate\s+([\d.]+)\s*(bytes|[KMGT]iB|B)?", re.IGNORECASE)
 _UNITS = {"bytes": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 

@@ -22,13 +22,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
-def stop_on_signals(
-    stop: threading.Event,
-    signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
-    then: Callable[[signal.Signals], None] | None = None,
-) -> Iterator[list[signal.Signals]]:
-    """While inside: the first of `signals` sets `stop` (and calls `then` with it), a second
-    raises KeyboardInterrupt; yields the signals received so far. Does nothing outside the main
+def stop_on_signals(stop: threading.Event) -> Iterator[list[signal.Signals]]:
+    """While inside: the first of STOP_SIGNALS sets `stop`, a second raises
+    KeyboardInterrupt; yields the signals received so far. Does nothing outside the main
     thread, where signals never arrive. The previous handlers are put back on leaving."""
     received: list[signal.Signals] = []
     if threading.current_thread() is not threading.main_thread():
@@ -40,10 +36,8 @@ def stop_on_signals(
             raise KeyboardInterrupt  # the second signal: no more waiting for a step's end
         received.append(signal.Signals(signum))
         stop.set()
-        if then is not None:
-            then(signal.Signals(signum))
 
-    previous = {s: signal.signal(s, stop_at_next_step) for s in signals}
+    previous = {s: signal.signal(s, stop_at_next_step) for s in STOP_SIGNALS}
     try:
         yield received
     finally:
